@@ -1,0 +1,1 @@
+"""Dataset records, sources, decoding/transforms and storage."""

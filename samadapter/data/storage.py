@@ -1,0 +1,144 @@
+"""Every path is a URI: a local path, ``file://...``, ``s3://...`` or any fsspec URI.
+
+One place turns a URI into a filesystem. An S3-compatible endpoint (MinIO, a local test
+server) comes from the standard ``AWS_ENDPOINT_URL`` variable (or
+``AWS_ENDPOINT_URL_S3``) and is passed explicitly to both s3fs and pyarrow, since
+pyarrow may ignore the variable. Credentials come only from the environment or the
+instance role, never from arguments that end up in configs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import Optional, Tuple
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow.fs as pafs
+
+_S3_SCHEMES = ("s3", "s3a")
+
+
+def s3_endpoint() -> Optional[str]:
+    """The S3-compatible endpoint from the environment, if any."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def scheme(uri: str) -> str:
+    """URI scheme ('' for a plain local path)."""
+    parsed = urlparse(str(uri))
+    # A Windows drive letter or a bare path has no real scheme.
+    return parsed.scheme if len(parsed.scheme) > 1 else ""
+
+
+def is_local(uri: str) -> bool:
+    return scheme(uri) in ("", "file", "local")
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (``file:///x`` -> ``/x``)."""
+    if not is_local(uri):
+        raise ValueError(f"{uri!r} is not a local path")
+    return urlparse(uri).path if scheme(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path components onto a URI with '/'."""
+    out = str(uri).rstrip("/")
+    for p in parts:
+        out = out + "/" + str(p).strip("/")
+    return out
+
+
+def fsspec_filesystem(uri: str, anon: bool = False) -> Tuple[fsspec.AbstractFileSystem, str]:
+    """URI -> (fsspec filesystem, path within it).
+
+    Args:
+        uri: local path or any fsspec URI.
+        anon: anonymous access (public buckets), for S3.
+    """
+    uri = str(uri)
+    sch = scheme(uri)
+    if sch in _S3_SCHEMES:
+        kwargs = {"anon": anon}
+        endpoint = s3_endpoint()
+        if endpoint:
+            kwargs["client_kwargs"] = {"endpoint_url": endpoint}
+        fs = fsspec.filesystem("s3", **kwargs)
+        return fs, uri.split("://", 1)[1]
+    if sch in ("", "file", "local"):
+        return fsspec.filesystem("file"), local_path(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def pyarrow_filesystem(uri: str, anon: bool = False) -> Tuple[pafs.FileSystem, str]:
+    """URI -> (pyarrow filesystem, path within it), for Parquet I/O and Ray Data."""
+    uri = str(uri)
+    sch = scheme(uri)
+    if sch in _S3_SCHEMES:
+        kwargs = {"anonymous": anon}
+        endpoint = s3_endpoint()
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "https"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]
+    if sch in ("", "file", "local"):
+        return pafs.LocalFileSystem(), local_path(uri)
+    fs, path = fsspec_filesystem(uri, anon=anon)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def read_bytes(uri: str, anon: bool = False) -> bytes:
+    fs, path = fsspec_filesystem(uri, anon=anon)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec_filesystem(uri)
+    return fs.exists(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write an object whole: no partial file is ever visible under its final name.
+
+    Local files go to a temporary name in the same folder and are renamed; object stores
+    (S3) publish an object only when its upload completes.
+    """
+    fs, path = fsspec_filesystem(uri)
+    if is_local(uri):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = posixpath.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete everything under a URI prefix (no error when it does not exist)."""
+    fs, path = fsspec_filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache()
+
+
+def list_files(uri: str) -> list:
+    """All files under a prefix, as paths within the filesystem (one listing, no stats)."""
+    fs, path = fsspec_filesystem(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(fs.find(path))

@@ -1,0 +1,27 @@
+"""Pure PyTorch SAM-Adapter model built on segment_anything's modules."""
+
+from .adapter import PromptGenerator, high_pass_filter
+from .build import ARCHS, ArchConfig, arch_config, build_from_config, build_model
+from .encoder import AdaptedImageEncoder
+from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter, resize_logits
+from .weights import CheckpointError, load_adapter, load_sam_checkpoint, save_adapter
+
+__all__ = [
+    "ARCHS",
+    "AdaptedImageEncoder",
+    "ArchConfig",
+    "BatchedMaskDecoder",
+    "CheckpointError",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "PromptGenerator",
+    "SamAdapter",
+    "arch_config",
+    "build_from_config",
+    "build_model",
+    "high_pass_filter",
+    "load_adapter",
+    "load_sam_checkpoint",
+    "resize_logits",
+    "save_adapter",
+]

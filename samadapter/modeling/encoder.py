@@ -1,0 +1,72 @@
+"""SAM's ViT image encoder with SAM-Adapter prompts injected before every block."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from segment_anything.modeling import ImageEncoderViT
+from torch.utils.checkpoint import checkpoint
+
+from .adapter import PromptGenerator
+
+
+class AdaptedImageEncoder(ImageEncoderViT):
+    """``segment_anything.modeling.ImageEncoderViT`` plus a :class:`PromptGenerator`.
+
+    The patch embedding, position embedding, blocks and neck are SAM's own modules (and
+    keep SAM's checkpoint key names); the prompt generator lives at
+    ``prompt_generator.*``. Forward: patch embedding -> prompts -> + absolute position
+    embedding -> for every block i: ``x = block_i(x + P_i)`` -> neck.
+
+    Args:
+        scale_factor, freq_ratio, handcrafted_weight, embedding_weight, reference_layout:
+            see :class:`PromptGenerator`.
+        **vit_kwargs: passed to ``ImageEncoderViT`` (img_size, patch_size, embed_dim,
+            depth, num_heads, global_attn_indexes, window_size, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        scale_factor: int,
+        freq_ratio: float = 0.25,
+        handcrafted_weight: float = 1.0,
+        embedding_weight: float = 1.0,
+        reference_layout: bool = False,
+        **vit_kwargs,
+    ) -> None:
+        super().__init__(**vit_kwargs)
+        self.prompt_generator = PromptGenerator(
+            embed_dim=vit_kwargs["embed_dim"],
+            depth=len(self.blocks),
+            patch_size=vit_kwargs["patch_size"],
+            scale_factor=scale_factor,
+            freq_ratio=freq_ratio,
+            handcrafted_weight=handcrafted_weight,
+            embedding_weight=embedding_weight,
+            reference_layout=reference_layout,
+        )
+        # Activation checkpointing of the frozen blocks; gradients still flow through
+        # them to the prompts of earlier blocks. Set by the trainer.
+        self.checkpoint_blocks = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S normalized images -> B x out_chans x S/16 x S/16 embeddings."""
+        x = self.patch_embed(images)  # B x H x W x C
+        features = self.prompt_generator.task_features(images, x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for i, block in enumerate(self.blocks):
+            x = x + self.prompt_generator.prompt(features, i)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+    @property
+    def embedding_size(self) -> Tuple[int, int]:
+        """(H, W) of the token grid."""
+        size = self.img_size // self.patch_embed.proj.kernel_size[0]
+        return (size, size)

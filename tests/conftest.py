@@ -1,0 +1,77 @@
+"""Shared fixtures: official-layout SAM checkpoints built with segment_anything's own modules."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import pytest
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from samadapter.modeling import arch_config
+
+# Keep tests light on the 2-core machines.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def official_sam(arch: str = "tiny", seed: int = 123, **overrides) -> Sam:
+    """A segment_anything ``Sam`` with the sizes of one of our archs (random weights).
+
+    Built directly from segment_anything's modules, exactly as its ``build_sam`` does, so
+    its ``state_dict()`` has the official checkpoint key layout.
+    """
+    cfg = arch_config(arch, **overrides)
+    emb = cfg.img_size // cfg.patch_size
+    torch.manual_seed(seed)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg.depth,
+            embed_dim=cfg.embed_dim,
+            img_size=cfg.img_size,
+            mlp_ratio=cfg.mlp_ratio,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=cfg.num_heads,
+            patch_size=cfg.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=cfg.global_attn_indexes,
+            window_size=cfg.window_size,
+            out_chans=cfg.out_chans,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.out_chans,
+            image_embedding_size=(emb, emb),
+            input_image_size=(cfg.img_size, cfg.img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=cfg.out_chans,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_num_heads,
+            ),
+            transformer_dim=cfg.out_chans,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+    )
+    # Random (non-zero) rel-pos tables, so loading them is really checked.
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if "rel_pos" in name or name.endswith("pos_embed"):
+                p.normal_(0, 0.02)
+    return sam.eval()
+
+
+@pytest.fixture
+def official_tiny(tmp_path):
+    """(path, state_dict) of an official-layout checkpoint of the tiny sizes."""
+    sam = official_sam("tiny")
+    sd = sam.state_dict()
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(sd, path)
+    return str(path), sd
