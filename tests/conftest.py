@@ -75,3 +75,54 @@ def official_tiny(tmp_path):
     path = tmp_path / "sam_tiny.pth"
     torch.save(sd, path)
     return str(path), sd
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP endpoint on loopback (moto's server) with a bucket ``test-bucket``.
+
+    Sets ``AWS_ENDPOINT_URL`` and dummy credentials in this process's environment, so
+    s3fs, pyarrow (through samadapter.data.storage) and Ray workers started after this
+    fixture all reach it.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="test-bucket")
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance per test module (4 logical CPUs, no dashboard).
+
+    A test that also asks for the session-scoped ``s3_server`` gets the server first
+    (higher scopes are set up first), so Ray's workers inherit its endpoint.
+    """
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,138 @@
+"""Reading a dataset split: as a Ray Data dataset, or as decoded numpy batches without Ray."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from . import storage
+from .records import COLUMNS, read_manifest, split_uri
+from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_input
+
+log = logging.getLogger(__name__)
+
+
+def _check_split(dataset_uri: str, split: str) -> dict:
+    manifest = read_manifest(dataset_uri)
+    if split not in manifest["splits"]:
+        raise ValueError(
+            f"{dataset_uri} has no split {split!r}; it has {sorted(manifest['splits'])}"
+        )
+    return manifest
+
+
+def read_split(dataset_uri: str, split: str, columns: Optional[Sequence[str]] = None, **read_kwargs):
+    """A Ray Data dataset of one split (``read_parquet`` with column pruning).
+
+    Args:
+        dataset_uri: the dataset root (local, ``file://``, ``s3://``, ...).
+        split: e.g. ``train`` or ``test``.
+        columns: columns to read (default: all); e.g. ``["image_id", "image"]`` for inference.
+    """
+    import ray.data
+
+    _check_split(dataset_uri, split)
+    fs, path = storage.pyarrow_filesystem(split_uri(dataset_uri, split))
+    cols = list(columns) if columns is not None else list(COLUMNS)
+    unknown = sorted(set(cols) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; the schema has {list(COLUMNS)}")
+    return ray.data.read_parquet(path, filesystem=fs, **read_kwargs).select_columns(cols)
+
+
+def iter_records(dataset_uri: str, split: str, columns: Optional[Sequence[str]] = None, batch_size: int = 16) -> Iterator[Dict[str, list]]:
+    """Raw rows of a split in batches (dict of column -> list), read with pyarrow only."""
+    _check_split(dataset_uri, split)
+    fs, path = storage.pyarrow_filesystem(split_uri(dataset_uri, split))
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    cols = list(columns) if columns is not None else list(COLUMNS)
+    for batch in dataset.to_batches(columns=cols, batch_size=batch_size):
+        yield batch.to_pydict()
+
+
+def decode_records(
+    batch: Dict[str, Sequence],
+    img_size: int,
+    *,
+    resize_mode: str = "squash",
+    with_masks: bool = True,
+    flip_rng: Optional[np.random.Generator] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Dict[str, np.ndarray]:
+    """Decode a batch of records into model inputs; bad rows are dropped and reported.
+
+    Args:
+        batch: columns ``image_id``, ``image`` and (``with_masks``) ``mask``.
+        img_size: model input side S.
+        resize_mode: ``squash`` (the paper) or ``pad``.
+        with_masks: decode and return the masks (training / evaluation).
+        flip_rng: when given, each row is flipped horizontally with probability 0.5.
+
+    Returns:
+        ``image_id`` (N,), ``images`` N x 3 x S x S float32, ``masks`` N x S x S uint8
+        (with_masks), ``height``/``width`` (N,) original size, ``valid_h``/``valid_w`` (N,),
+        and ``bad_id``/``bad_status``/``bad_reason`` for the rows that were dropped.
+    """
+    ids: List[str] = []
+    images, masks, heights, widths, valid = [], [], [], [], []
+    bad_id, bad_status, bad_reason = [], [], []
+    image_col = batch["image"]
+    mask_col = batch.get("mask") if with_masks else None
+    for i, image_id in enumerate(batch["image_id"]):
+        mask_bytes = mask_col[i] if mask_col is not None else None
+        decoded = decode_sample(image_col[i], mask_bytes, require_mask=with_masks, max_pixels=max_pixels)
+        if not decoded.ok:
+            bad_id.append(str(image_id))
+            bad_status.append(decoded.status)
+            bad_reason.append(decoded.reason)
+            continue
+        flip = bool(flip_rng is not None and flip_rng.random() < 0.5)
+        x, y, vs = prepare_input(decoded.image, img_size, resize_mode, decoded.mask if with_masks else None, flip)
+        ids.append(str(image_id))
+        images.append(x)
+        if with_masks:
+            masks.append(y)
+        heights.append(decoded.image.shape[0])
+        widths.append(decoded.image.shape[1])
+        valid.append(vs)
+    n = len(ids)
+    out = {
+        "image_id": np.asarray(ids, dtype=object),
+        "images": np.stack(images) if n else np.zeros((0, 3, img_size, img_size), np.float32),
+        "height": np.asarray(heights, dtype=np.int32),
+        "width": np.asarray(widths, dtype=np.int32),
+        "valid_h": np.asarray([v[0] for v in valid], dtype=np.int32),
+        "valid_w": np.asarray([v[1] for v in valid], dtype=np.int32),
+        "bad_id": np.asarray(bad_id, dtype=object),
+        "bad_status": np.asarray(bad_status, dtype=object),
+        "bad_reason": np.asarray(bad_reason, dtype=object),
+    }
+    if with_masks:
+        out["masks"] = np.stack(masks) if n else np.zeros((0, img_size, img_size), np.uint8)
+    return out
+
+
+def iter_decoded_batches(
+    dataset_uri: str,
+    split: str,
+    *,
+    batch_size: int,
+    img_size: int,
+    resize_mode: str = "squash",
+    with_masks: bool = True,
+    flip_rng: Optional[np.random.Generator] = None,
+) -> Iterator[Dict[str, np.ndarray]]:
+    """Decoded numpy batches of a split without Ray (tests, evaluation, benchmark baseline).
+
+    Batches may be smaller than ``batch_size`` when rows fail to decode.
+    """
+    cols = ["image_id", "image"] + (["mask"] if with_masks else [])
+    for records in iter_records(dataset_uri, split, columns=cols, batch_size=batch_size):
+        out = decode_records(records, img_size, resize_mode=resize_mode, with_masks=with_masks, flip_rng=flip_rng)
+        for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
+            log.warning("skipping %s: %s (%s)", bid, status, reason)
+        if len(out["image_id"]):
+            yield out

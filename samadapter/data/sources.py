@@ -1,0 +1,201 @@
+"""Dataset sources: COD10K (two layouts), paired image/mask folders, synthetic scenes.
+
+A source yields :class:`Candidate` rows (an id, a split, where the bytes are) and a list
+of files it skipped with reasons; ``jobs/prepare_data.py`` decodes, validates and writes.
+Folders may be local paths or any fsspec URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import storage
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+# COD release layout: TestDataset/<name> -> split name.
+_RELEASE_TEST_SPLITS = {"cod10k": "test", "camo": "test-camo", "chameleon": "test-chameleon", "nc4k": "test-nc4k"}
+
+
+@dataclass
+class Candidate:
+    """One sample to be validated and written. ``load`` returns (image bytes, mask bytes)."""
+
+    image_id: str
+    split: str
+    source: str
+    load: Callable[[], Tuple[bytes, Optional[bytes]]]
+    origin: str = ""
+
+
+@dataclass
+class SourceListing:
+    description: str
+    candidates: List[Candidate] = field(default_factory=list)
+    skipped: List[Tuple[str, str, str]] = field(default_factory=list)  # (what, status, reason)
+
+
+def _stem(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(path).startswith(".")
+
+
+class _Folder:
+    """Listing and reading of a folder URI through one filesystem."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri).rstrip("/")
+        self.fs, self.path = storage.fsspec_filesystem(self.uri)
+
+    def isdir(self, *parts: str) -> bool:
+        return self.fs.isdir(posixpath.join(self.path, *parts))
+
+    def subdirs(self, *parts: str) -> List[str]:
+        base = posixpath.join(self.path, *parts)
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(base, detail=False) if self.fs.isdir(p))
+
+    def images(self, *parts: str) -> Dict[str, str]:
+        """stem -> path of the image files directly in a sub-folder."""
+        base = posixpath.join(self.path, *parts)
+        out: Dict[str, str] = {}
+        for p in sorted(self.fs.ls(base, detail=False)):
+            if _is_image(p):
+                out.setdefault(_stem(p), p)
+        return out
+
+    def reader(self, image_path: str, mask_path: Optional[str]):
+        fs = self.fs
+
+        def load():
+            with fs.open(image_path, "rb") as f:
+                image = f.read()
+            mask = None
+            if mask_path is not None:
+                with fs.open(mask_path, "rb") as f:
+                    mask = f.read()
+            return image, mask
+
+        return load
+
+
+def _pair(folder: _Folder, listing: SourceListing, images: Dict[str, str], masks: Dict[str, str], split: str, source_of) -> None:
+    for stem, image_path in images.items():
+        mask_path = masks.get(stem)
+        listing.candidates.append(
+            Candidate(stem, split, source_of(stem), folder.reader(image_path, mask_path), origin=image_path)
+        )
+    for stem in sorted(set(masks) - set(images)):
+        listing.skipped.append((masks[stem], "missing_image", "a mask without an image of the same name"))
+
+
+def detect_cod_layout(uri: str) -> Tuple[str, str]:
+    """(layout, root) of a COD dataset folder: ``cod10k-v3`` or ``cod-release``.
+
+    The folder itself or one of its sub-folders may hold the layout.
+    """
+    folder = _Folder(uri)
+    roots = [""] + [d for d in (folder.subdirs() if folder.isdir() else [])]
+    for sub in roots:
+        if folder.isdir(sub, "Train", "Image") or folder.isdir(sub, "Test", "Image"):
+            return "cod10k-v3", posixpath.join(folder.uri, sub) if sub else folder.uri
+        if folder.isdir(sub, "TrainDataset") or folder.isdir(sub, "TestDataset"):
+            return "cod-release", posixpath.join(folder.uri, sub) if sub else folder.uri
+    raise ValueError(
+        f"{uri}: not a COD dataset folder. Expected the COD10K-v3 layout (Train/Image, Train/GT_Object, "
+        "Test/Image, Test/GT_Object) or the COD release layout (TrainDataset/{Imgs,GT}, "
+        "TestDataset/{COD10K,CAMO,CHAMELEON,NC4K}/{Imgs,GT}); for other folders use --source paired"
+    )
+
+
+def _cod_source_of(stem: str) -> str:
+    low = stem.lower()
+    if low.startswith("cod10k"):
+        return "cod10k"
+    if low.startswith("camourflage") or low.startswith("camo"):
+        return "camo"
+    return "cod"
+
+
+def cod_listing(uri: str, include_noncam: bool = False) -> SourceListing:
+    """Candidates of a COD10K-v3 or COD release folder (layout detected and reported)."""
+    layout, root = detect_cod_layout(uri)
+    folder = _Folder(root)
+    if layout == "cod10k-v3":
+        listing = SourceListing(f"COD10K-v3 layout (Train/Test with Image and GT_Object) at {root}")
+        for top, split in (("Train", "train"), ("Test", "test")):
+            if not folder.isdir(top, "Image"):
+                continue
+            images = folder.images(top, "Image")
+            masks = folder.images(top, "GT_Object") if folder.isdir(top, "GT_Object") else {}
+            if not include_noncam:
+                for stem in [s for s in images if "-noncam-" in s.lower()]:
+                    listing.skipped.append((images.pop(stem), "non_camouflaged", "NonCAM image (--include-noncam keeps them)"))
+            _pair(folder, listing, images, masks, split, lambda s: "cod10k")
+        return listing
+    listing = SourceListing(f"COD release layout (TrainDataset, TestDataset/<name>) at {root}")
+    if folder.isdir("TrainDataset", "Imgs"):
+        masks = folder.images("TrainDataset", "GT") if folder.isdir("TrainDataset", "GT") else {}
+        _pair(folder, listing, folder.images("TrainDataset", "Imgs"), masks, "train", _cod_source_of)
+    if folder.isdir("TestDataset"):
+        for name in folder.subdirs("TestDataset"):
+            if not folder.isdir("TestDataset", name, "Imgs"):
+                continue
+            split = _RELEASE_TEST_SPLITS.get(name.lower(), "test-" + name.lower())
+            masks = folder.images("TestDataset", name, "GT") if folder.isdir("TestDataset", name, "GT") else {}
+            _pair(folder, listing, folder.images("TestDataset", name, "Imgs"), masks, split, lambda s, n=name: n.lower())
+    return listing
+
+
+def paired_listing(images_uri: str, masks_uri: str, split: str, source: str = "paired") -> SourceListing:
+    """Any image folder and mask folder, matched by file stem."""
+    images = _Folder(images_uri)
+    masks = _Folder(masks_uri)
+    for f, what in ((images, "--images"), (masks, "--masks")):
+        if not f.isdir():
+            raise ValueError(f"{what} {f.uri} is not a folder")
+    listing = SourceListing(f"paired folders {images.uri} + {masks.uri} -> split {split!r}")
+    mask_files = masks.images()
+    image_files = images.images()
+    for stem, image_path in image_files.items():
+        mask_path = mask_files.get(stem)
+
+        def load(ip=image_path, mp=mask_path):
+            image = images.reader(ip, None)()[0]
+            mask = masks.reader(mp, None)()[0] if mp else None
+            return image, mask
+
+        listing.candidates.append(Candidate(stem, split, source, load, origin=image_path))
+    for stem in sorted(set(mask_files) - set(image_files)):
+        listing.skipped.append((mask_files[stem], "missing_image", "a mask without an image of the same name"))
+    return listing
+
+
+def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int = 0) -> SourceListing:
+    """Synthetic camouflage scenes (generated lazily, deterministic from the seed)."""
+    from .synthetic import encode_jpeg, make_scene
+    from .transforms import encode_mask_png
+
+    if num_train < 0 or num_test < 0 or num_train + num_test == 0:
+        raise ValueError("--num-train and --num-test must be >= 0 and not both 0")
+    if size < 32:
+        raise ValueError(f"--size must be at least 32 pixels, got {size}")
+    listing = SourceListing(f"synthetic camouflage scenes ({num_train} train, {num_test} test, {size}px, seed {seed})")
+    # Test scenes use indices after the training ones: no scene is in both splits.
+    for split, start, count in (("train", 0, num_train), ("test", num_train, num_test)):
+        for i in range(start, start + count):
+
+            def load(i=i):
+                image, mask = make_scene(seed, i, size)
+                return encode_jpeg(image), encode_mask_png(mask)
+
+            listing.candidates.append(Candidate(f"synthetic-{seed}-{i:06d}", split, "synthetic", load))
+    return listing
+

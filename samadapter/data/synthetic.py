@@ -1,0 +1,105 @@
+"""Synthetic camouflage scenes: the embedded default dataset and the data of the tests.
+
+Each scene is a textured background with one or more objects drawn from the *same*
+colour palette and the same intensity distribution as the background, so that global
+colour says nothing about where the object is. The object differs only in its texture
+(orientation and spatial frequency of a warped stripe pattern), which a model that sees
+texture edges (the adapter's high-frequency branch) can learn. Object outlines are
+random smooth blobs with soft (blurred) edges; the mask is the exact binary shape.
+
+Everything is deterministic from (seed, index).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1] (bilinear upsampling of a coarse grid)."""
+    grid = rng.uniform(-1, 1, size=(cells + 1, cells + 1)).astype(np.float32)
+    im = Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC)
+    return np.clip(np.asarray(im), -1.5, 1.5)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, period: float, angle: float) -> np.ndarray:
+    """Warped oriented stripes in [0, 1]."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warp = _smooth_noise(rng, h, w, cells=4) * period * 0.6
+    phase = rng.uniform(0, 2 * np.pi)
+    u = xx * np.cos(angle) + yy * np.sin(angle) + warp
+    t = 0.5 + 0.5 * np.sin(2 * np.pi * u / period + phase)
+    t += rng.normal(0, 0.08, size=(h, w)).astype(np.float32)  # fine grain
+    return np.clip(t, 0, 1)
+
+
+def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random smooth star-shaped blob, as a boolean mask."""
+    size = min(h, w)
+    radius = rng.uniform(0.12, 0.28) * size
+    cy = rng.uniform(radius, h - radius)
+    cx = rng.uniform(radius, w - radius)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta = np.arctan2(yy - cy, xx - cx)
+    r = np.ones_like(theta)
+    for k in range(2, 6):
+        r += rng.uniform(0, 0.25 / (k - 1)) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+    aspect = rng.uniform(0.6, 1.0)
+    rot = rng.uniform(0, np.pi)
+    # Elongate along a random direction.
+    along = (xx - cx) * np.cos(rot) + (yy - cy) * np.sin(rot)
+    across = -(xx - cx) * np.sin(rot) + (yy - cy) * np.cos(rot)
+    dist = np.hypot(along * aspect, across)
+    return dist < radius * r * aspect ** 0.5
+
+
+def make_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """One scene.
+
+    Args:
+        seed: dataset seed.
+        index: scene index within the dataset.
+        size: image side (pixels).
+
+    Returns:
+        (size x size x 3 uint8 RGB image, size x size uint8 {0, 1} mask)
+    """
+    rng = np.random.default_rng([seed, index])
+    h = w = size
+    # A palette of two natural-ish colours shared by background and object.
+    base = rng.uniform(40, 200, size=3)
+    c1 = np.clip(base + rng.normal(0, 25, size=3), 0, 255)
+    c2 = np.clip(base + rng.normal(0, 45, size=3), 0, 255)
+    period_bg = rng.uniform(6.0, 14.0)
+    angle_bg = rng.uniform(0, np.pi)
+    t = _texture(rng, h, w, period_bg, angle_bg)
+
+    mask = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(1, 3))):
+        shape = _blob(rng, h, w)
+        # Different orientation (>= 45 degrees apart) and frequency, same statistics.
+        angle = angle_bg + rng.choice([-1, 1]) * rng.uniform(np.pi / 4, np.pi / 2)
+        period = period_bg * (rng.uniform(0.45, 0.65) if rng.random() < 0.5 else rng.uniform(1.6, 2.2))
+        t_obj = _texture(rng, h, w, period, angle)
+        alpha = Image.fromarray((shape * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius=float(rng.uniform(0.8, 2.0)))
+        )
+        a = np.asarray(alpha, dtype=np.float32) / 255.0
+        t = t * (1 - a) + t_obj * a
+        mask |= shape
+
+    img = c1[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]
+    # Global illumination gradient and sensor noise, identical over object and background.
+    light = 1.0 + 0.15 * _smooth_noise(rng, h, w, cells=2)
+    img = img * light[..., None] + rng.normal(0, 4.0, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

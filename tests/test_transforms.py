@@ -1,0 +1,168 @@
+"""Decoding and transforms: bad input gets a status, every mode converts, geometry is right."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samadapter.data import transforms as T
+from samadapter.data.synthetic import make_scene
+
+
+def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(h=40, w=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+GOOD_JPEG = _encode(Image.fromarray(_rgb()), "JPEG", quality=90)
+GOOD_MASK = _encode(Image.fromarray((np.arange(40 * 60).reshape(40, 60) % 7 == 0).astype(np.uint8) * 255))
+
+
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"", T.ZERO_BYTES),
+        (b"this is a text file, not an image\n", T.NOT_AN_IMAGE),
+        (GOOD_JPEG[: len(GOOD_JPEG) // 2], T.TRUNCATED),
+        (GOOD_JPEG[:200] + b"\x00" * 50 + GOOD_JPEG[250:], None),  # corrupt body: some status, never raises
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, None),
+    ],
+)
+def test_bad_images_get_a_status_not_an_exception(data, status):
+    out = T.decode_image(data)
+    if status is None:
+        assert out.status in T.STATUSES
+    else:
+        assert out.status == status, out
+    if not out.ok:
+        assert out.reason and out.image is None
+
+
+def test_png_header_with_garbage_is_corrupt():
+    data = _encode(Image.fromarray(_rgb()))
+    broken = data[:60] + bytes(b ^ 0xFF for b in data[60:200]) + data[200:]
+    out = T.decode_image(broken)
+    assert out.status in (T.CORRUPT, T.TRUNCATED)
+
+
+def test_too_many_pixels():
+    data = _encode(Image.fromarray(np.zeros((100, 100, 3), np.uint8)))
+    assert T.decode_image(data, max_pixels=9_999).status == T.TOO_MANY_PIXELS
+    assert T.decode_image(data, max_pixels=10_000).ok
+
+
+def test_mask_problems():
+    assert T.decode_sample(GOOD_JPEG, None, require_mask=True).status == T.MISSING_MASK
+    assert T.decode_sample(GOOD_JPEG, b"", require_mask=True).status == T.MISSING_MASK
+    assert T.decode_sample(GOOD_JPEG, None, require_mask=False).ok
+    wrong = _encode(Image.new("L", (61, 40)))
+    out = T.decode_sample(GOOD_JPEG, wrong)
+    assert out.status == T.MASK_SIZE_MISMATCH and "61x40" in out.reason
+    assert T.decode_sample(GOOD_JPEG, b"garbage").status == T.NOT_AN_IMAGE
+    ok = T.decode_sample(GOOD_JPEG, GOOD_MASK)
+    assert ok.ok and ok.mask.shape == (40, 60) and set(np.unique(ok.mask)) <= {0, 1}
+
+
+def _mode_images():
+    rgb = _rgb(20, 30)
+    gray = rgb[..., 0]
+    yield "RGB", Image.fromarray(rgb), "PNG"
+    yield "L", Image.fromarray(gray), "PNG"
+    yield "LA", Image.fromarray(gray).convert("LA"), "PNG"
+    yield "P", Image.fromarray(rgb).convert("P"), "PNG"
+    yield "RGBA", Image.fromarray(rgb).convert("RGBA"), "PNG"
+    yield "CMYK", Image.fromarray(rgb).convert("CMYK"), "JPEG"
+    yield "I;16", Image.fromarray((gray.astype(np.uint16) * 257)), "PNG"
+    yield "1", Image.fromarray(gray > 128), "PNG"
+    yield "I", Image.fromarray(gray.astype(np.int32) * 257), "TIFF"
+    yield "F", Image.fromarray(gray.astype(np.float32) / 255.0), "TIFF"
+
+
+@pytest.mark.parametrize("mode,im,fmt", list(_mode_images()), ids=[m for m, _, _ in _mode_images()])
+def test_every_mode_converts_to_rgb(mode, im, fmt):
+    out = T.decode_image(_encode(im, fmt))
+    assert out.ok, out
+    assert out.image.dtype == np.uint8 and out.image.shape == (20, 30, 3)
+    if mode in ("L", "I;16", "I", "F"):
+        # high bit depths are scaled, not clipped: grey levels survive
+        ref = np.asarray(im.convert("L")) if mode == "L" else _rgb(20, 30)[..., 0]
+        assert np.abs(out.image[..., 0].astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_exif_rotated_image_comes_out_upright():
+    # An upright 40 x 60 image with a bright top row, stored rotated with EXIF orientation 6
+    # (viewer must rotate 90 degrees clockwise).
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:5] = 255
+    stored = np.rot90(upright, k=1)  # 60 x 40, rotated counter-clockwise
+    im = Image.fromarray(np.ascontiguousarray(stored))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = T.decode_image(_encode(im, "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.ok and out.image.shape == (40, 60, 3)
+    assert out.image[:5].mean() > 200 and out.image[10:].mean() < 30
+
+
+def test_masks_binarized_at_127():
+    m = np.array([[0, 127, 128, 255]], np.uint8)
+    out = T.mask_to_binary(Image.fromarray(m))
+    assert out.tolist() == [[0, 0, 1, 1]]
+
+
+def test_flip_keeps_image_and_mask_aligned():
+    image, mask = make_scene(0, 3, 64)
+    fi, fm = T.hflip(image, mask)
+    assert np.array_equal(fi[:, ::-1], image) and np.array_equal(fm[:, ::-1], mask)
+    # alignment: the mean colour inside the mask is the same before and after
+    assert np.allclose(image[mask == 1].mean(0), fi[fm == 1].mean(0))
+    x, y, _ = T.prepare_input(image, 64, "squash", mask, flip=True)
+    x0, y0, _ = T.prepare_input(image, 64, "squash", mask, flip=False)
+    assert np.array_equal(y, y0[:, ::-1]) and np.allclose(x, x0[:, :, ::-1])
+
+
+@pytest.mark.parametrize("mode", T.RESIZE_MODES)
+def test_resize_and_back_to_original_size(mode):
+    import torch
+
+    from samadapter import resize_logits
+
+    image = _rgb(37, 91)
+    x, _, valid = T.prepare_input(image, 64, mode)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    logits = torch.zeros(1, 1, 64, 64)
+    back = resize_logits(logits, (37, 91), valid if mode == "pad" else None)
+    assert tuple(back.shape[-2:]) == (37, 91)
+    if mode == "pad":
+        assert valid == (26, 64)
+        # padding normalizes to -mean/std, the image area keeps its content
+        assert np.allclose(x[:, 40:, :], (0 - np.asarray(T.PIXEL_MEAN).reshape(3, 1, 1)) / np.asarray(T.PIXEL_STD).reshape(3, 1, 1), atol=1e-5)
+
+
+def test_normalize_matches_sam_constants():
+    image = np.full((4, 4, 3), [123.675, 116.28, 103.53], dtype=np.float32).astype(np.uint8)
+    x = T.normalize(image)
+    assert np.abs(x).max() < 0.02
+
+
+def test_synthetic_scenes_are_deterministic_and_camouflaged():
+    a_img, a_mask = make_scene(5, 7, 128)
+    b_img, b_mask = make_scene(5, 7, 128)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    assert not np.array_equal(make_scene(5, 8, 128)[0], a_img)
+    # Colour statistics inside and outside the object are close (camouflage) ...
+    stats = []
+    for i in range(20):
+        img, mask = make_scene(1, i, 128)
+        assert 0.02 < mask.mean() < 0.6
+        inside, outside = img[mask == 1].astype(float), img[mask == 0].astype(float)
+        stats.append(np.abs(inside.mean(0) - outside.mean(0)).max() / (outside.std(0).max() + 1e-6))
+    assert np.median(stats) < 0.5
