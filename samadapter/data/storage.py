@@ -142,3 +142,37 @@ def list_files(uri: str) -> list:
     if not fs.exists(path):
         return []
     return sorted(fs.find(path))
+
+
+def cache_dir() -> str:
+    """samadapter's local cache folder (``$XDG_CACHE_HOME/samadapter`` or ``~/.cache/samadapter``)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "samadapter")
+
+
+def local_copy(uri: str, folder: Optional[str] = None) -> str:
+    """A local file path for ``uri``: the file itself when local, else a cached download.
+
+    Remote files are fetched once per machine: concurrent callers (several workers on a
+    node) wait on a file lock and then share the same copy.
+    """
+    if is_local(uri):
+        return local_path(uri)
+    import fcntl
+    import hashlib
+
+    folder = folder or os.path.join(cache_dir(), "downloads")
+    os.makedirs(folder, exist_ok=True)
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + posixpath.basename(uri.rstrip("/"))
+    dest = os.path.join(folder, name)
+    with open(dest + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(dest):
+            fs, path = fsspec_filesystem(uri)
+            tmp = f"{dest}.{uuid.uuid4().hex}.part"
+            try:
+                fs.get_file(path, tmp)
+                os.replace(tmp, dest)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    return dest

@@ -3,8 +3,8 @@
 Each scene is a textured background with one or more objects drawn from the *same*
 colour palette and the same intensity distribution as the background, so that global
 colour says nothing about where the object is. The object differs only in its texture
-(orientation and spatial frequency of a warped stripe pattern), which a model that sees
-texture edges (the adapter's high-frequency branch) can learn. Object outlines are
+(a finer warped stripe pattern, i.e. more texture edges, at another orientation), which a
+model that sees texture edges (the adapter's high-frequency branch) can learn. Object outlines are
 random smooth blobs with soft (blurred) edges; the mask is the exact binary shape.
 
 Everything is deterministic from (seed, index).
@@ -74,16 +74,17 @@ def make_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.n
     base = rng.uniform(40, 200, size=3)
     c1 = np.clip(base + rng.normal(0, 25, size=3), 0, 255)
     c2 = np.clip(base + rng.normal(0, 45, size=3), 0, 255)
-    period_bg = rng.uniform(6.0, 14.0)
+    period_bg = rng.uniform(8.0, 14.0) * size / 256
     angle_bg = rng.uniform(0, np.pi)
     t = _texture(rng, h, w, period_bg, angle_bg)
 
     mask = np.zeros((h, w), dtype=bool)
     for _ in range(int(rng.integers(1, 3))):
         shape = _blob(rng, h, w)
-        # Different orientation (>= 45 degrees apart) and frequency, same statistics.
+        # Same palette and intensity statistics; a finer grain (more texture edges) at
+        # another orientation.
         angle = angle_bg + rng.choice([-1, 1]) * rng.uniform(np.pi / 4, np.pi / 2)
-        period = period_bg * (rng.uniform(0.45, 0.65) if rng.random() < 0.5 else rng.uniform(1.6, 2.2))
+        period = rng.uniform(2.5, 4.0) * size / 256
         t_obj = _texture(rng, h, w, period, angle)
         alpha = Image.fromarray((shape * 255).astype(np.uint8)).filter(
             ImageFilter.GaussianBlur(radius=float(rng.uniform(0.8, 2.0)))

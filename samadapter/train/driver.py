@@ -1,0 +1,199 @@
+"""The Ray Train driver: resolve the config, prepare data, run a TorchTrainer, summarise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..data import storage
+from ..data.records import MANIFEST_NAME, read_manifest
+from .config import ConfigError, TrainConfig
+from .loop import ADAPTER_FILE, decode_for_training, read_metrics_lines, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainOutcome:
+    run_uri: str
+    resumed: bool
+    before: Optional[dict]
+    validations: List[dict] = field(default_factory=list)
+    best_checkpoint: Optional[str] = None
+    latest_checkpoint: Optional[str] = None
+    best_metrics: Optional[dict] = None
+
+    @property
+    def best_adapter(self) -> Optional[str]:
+        return storage.join(self.best_checkpoint, ADAPTER_FILE) if self.best_checkpoint else None
+
+
+def ensure_embedded_dataset(cfg: TrainConfig, progress: bool = True) -> str:
+    """The dataset URI to train on; generates the embedded synthetic dataset once."""
+    uri = cfg.data.dataset_uri()
+    if cfg.data.dataset:
+        return uri
+    if storage.exists(storage.join(uri, MANIFEST_NAME)):
+        return uri
+    from ..data.prepare import prepare_dataset
+    from ..data.sources import synthetic_listing
+
+    log.info("generating the embedded synthetic dataset into %s (once)", uri)
+    listing = synthetic_listing(cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_size, cfg.data.synthetic_seed)
+    prepare_dataset(listing, uri, overwrite=True, progress=progress)
+    return uri
+
+
+def _absolute(uri: str) -> str:
+    return storage.local_path(uri) if storage.is_local(uri) else uri
+
+
+def _run_exists(run_uri: str) -> bool:
+    fs, path = storage.fsspec_filesystem(run_uri)
+    return fs.exists(path) and any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(path, detail=False))
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainOutcome:
+    """Train with Ray Train as configured; rerunning the same run name resumes it.
+
+    Args:
+        cfg: the resolved configuration.
+        resume: require an existing run to continue (an error when there is none).
+        progress: progress bars while generating the embedded dataset.
+    """
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data.reading import read_split
+
+    storage_uri = _absolute(cfg.run.storage_uri())
+    run_uri = storage.join(storage_uri, cfg.run.name)
+    exists = _run_exists(run_uri)
+    if resume and not exists:
+        raise ConfigError(f"--resume: there is no run {cfg.run.name!r} with checkpoints under {storage_uri}")
+    if exists:
+        log.info("run %s exists under %s: continuing from its latest checkpoint", cfg.run.name, storage_uri)
+
+    dataset_uri = _absolute(ensure_embedded_dataset(cfg, progress=progress))
+    manifest = read_manifest(dataset_uri)
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if split not in manifest["splits"]:
+            raise ConfigError(f"dataset {dataset_uri} has no split {split!r} (it has {sorted(manifest['splits'])}); set data.train_split / data.val_split")
+    num_train = int(manifest["splits"][cfg.data.train_split])
+    if num_train < cfg.run.workers * cfg.optim.batch_size:
+        raise ConfigError(
+            f"{num_train} training rows cannot fill one batch of {cfg.optim.batch_size} on each of {cfg.run.workers} workers; "
+            "lower run.workers or optim.batch_size"
+        )
+
+    if cfg.model.sam_checkpoint:
+        if not storage.exists(cfg.model.sam_checkpoint):
+            raise ConfigError(f"--sam-checkpoint {cfg.model.sam_checkpoint}: no such file")
+    else:
+        level = logging.INFO if cfg.model.arch == "tiny" else logging.WARNING
+        log.log(level, "no --sam-checkpoint: the %s base is randomly initialised; results on real data are meaningless", cfg.model.arch)
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+
+    resolved = cfg.to_dict()
+    resolved["data"]["dataset"] = dataset_uri
+    resolved["run"]["storage"] = storage_uri
+    storage.write_bytes(storage.join(run_uri, CONFIG_FILE), TrainConfig.from_dict(resolved).to_yaml().encode())
+
+    # One progress line per worker shard floods the job log; the loop logs progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    size = cfg.model.img_size
+    train_ds = read_split(dataset_uri, cfg.data.train_split, columns=["image_id", "image", "mask"]).map_batches(
+        decode_for_training,
+        fn_kwargs={"img_size": size, "resize_mode": cfg.data.resize_mode, "hflip": cfg.data.hflip},
+        batch_size=16,
+        batch_format="numpy",
+    )
+    resources = {"CPU": cfg.run.cpus_per_worker}
+    if cfg.run.use_gpu:
+        resources["GPU"] = cfg.run.gpus_per_worker
+    pa_fs, storage_path = storage.pyarrow_filesystem(storage_uri)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": resolved,
+            "dataset": dataset_uri,
+            "run_uri": run_uri,
+            "num_train_rows": num_train,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy="SPREAD" if cfg.run.use_gpu else "PACK",
+        ),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=pa_fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="s_measure", checkpoint_score_order="max"
+            ),
+        ),
+        datasets={"train": train_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+
+    lines = read_metrics_lines(run_uri)
+    before = next((r for r in lines if r.get("phase") == "before training"), None)
+    validations = [r for r in lines if r.get("phase") == "validation"]
+    outcome = TrainOutcome(run_uri=run_uri, resumed=exists, before=before, validations=validations)
+    scheme = storage.scheme(storage_uri)
+
+    def uri_of(ckpt) -> str:
+        return f"{scheme}://{ckpt.path}" if scheme and scheme not in ("file", "local") else ckpt.path
+
+    if result.checkpoint is not None:
+        outcome.latest_checkpoint = uri_of(result.checkpoint)
+    best = result.get_best_checkpoint("s_measure", "max") if result.best_checkpoints else None
+    if best is not None:
+        outcome.best_checkpoint = uri_of(best)
+        outcome.best_metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), None)
+    return outcome
+
+
+def summary_table(outcome: TrainOutcome) -> str:
+    """Before / best / last validation as a Markdown table."""
+    from ..metrics import format_table
+
+    rows: Dict[str, dict] = {}
+    if outcome.before:
+        rows["before training"] = outcome.before
+    if outcome.validations:
+        best = max(outcome.validations, key=lambda r: r["s_measure"])
+        last = outcome.validations[-1]
+        rows[f"best (epoch {best['epoch']})"] = best
+        if last is not best:
+            rows[f"last (epoch {last['epoch']})"] = last
+    return format_table(rows) if rows else "(no validation recorded)"
+
+
+def outcome_json(outcome: TrainOutcome) -> str:
+    return json.dumps(
+        {
+            "run": outcome.run_uri,
+            "resumed": outcome.resumed,
+            "best_checkpoint": outcome.best_checkpoint,
+            "best_adapter": outcome.best_adapter,
+            "latest_checkpoint": outcome.latest_checkpoint,
+            "before": outcome.before,
+            "validations": outcome.validations,
+        },
+        indent=2,
+    )
