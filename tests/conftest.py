@@ -14,6 +14,8 @@ from samadapter.modeling import arch_config
 
 # Keep tests light on the 2-core machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Every Ray node the tests start binds to loopback (Ray otherwise picks the routable IP).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def official_sam(arch: str = "tiny", seed: int = 123, **overrides) -> Sam:
@@ -121,7 +123,7 @@ def ray_local():
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:

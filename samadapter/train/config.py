@@ -1,9 +1,9 @@
 """Typed training configuration: model, data, optimisation, run.
 
 Recipes are YAML files under ``configs/`` with the same four sections; ``--set
-section.key=value`` overrides any field (values parsed as YAML). The defaults are the
-embedded local recipe (``configs/local-tiny.yaml``): tiny model, synthetic scenes, two
-CPU workers.
+section.key=value`` overrides any field (values parsed as YAML). Field defaults follow the
+paper's optimisation recipe and a local run (tiny model, synthetic scenes, two CPU
+workers); ``jobs/train.py`` without ``--config`` uses ``configs/local-tiny.yaml``.
 """
 
 from __future__ import annotations

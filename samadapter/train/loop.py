@@ -221,11 +221,12 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         if rank == 0:
             log.info("resumed from checkpoint at epoch %d (step %d)", start_epoch, global_step)
+            append_metrics_line(config["run_uri"], {"phase": "resumed", "epoch": start_epoch, "global_step": global_step})
 
     model.to(device)
-    ddp_model = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"broadcast_buffers": False, "find_unused_parameters": False}
-    )
+    # DDP over the trainable parameters only (frozen ones are not registered), so no
+    # find_unused_parameters is needed.
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     trainable = model.trainable_parameters()
     run_uri = config["run_uri"]
     dataset_uri = config["dataset"]

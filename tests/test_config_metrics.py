@@ -1,0 +1,123 @@
+"""Config recipes and overrides, losses, COD metrics, the lr schedule."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from samadapter.metrics import CODMetrics, image_scores
+from samadapter.train.config import ConfigError, TrainConfig
+from samadapter.train.losses import segmentation_loss, soft_iou_loss
+from samadapter.train.loop import lr_factor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_recipe_parses(path):
+    cfg = TrainConfig.from_yaml(path)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_no_argument_train_job_uses_the_local_tiny_recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_job", os.path.join(ROOT, "jobs", "train.py"))
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg = job.build_config(job.parse_args([]))
+    assert cfg == TrainConfig.from_yaml(os.path.join(ROOT, "configs", "local-tiny.yaml"))
+    assert cfg.model.arch == "tiny" and cfg.data.dataset is None and cfg.run.workers == 2
+
+
+def test_paper_recipe_values():
+    cfg = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "cod10k-vit-h.yaml"))
+    assert (cfg.model.arch, cfg.model.img_size) == ("vit_h", 1024)
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.epochs, cfg.optim.batch_size) == (2e-4, 1e-7, 20, 2)
+    assert cfg.optim.schedule == "cosine" and cfg.data.hflip and cfg.data.resize_mode == "squash"
+    assert cfg.run.workers == 4 and cfg.run.gpus_per_worker == 1
+    assert (cfg.optim.bce_weight, cfg.optim.iou_weight) == (1.0, 1.0)
+
+
+def test_overrides_parse_types_and_name_the_fix():
+    cfg = TrainConfig().with_overrides(["optim.lr=1e-4", "run.workers=3", "model.overrides.img_size=128", "data.hflip=false"])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.run.workers == 3 and cfg.model.img_size == 128 and cfg.data.hflip is False
+    with pytest.raises(ConfigError, match="optim has no key 'learning_rate'"):
+        TrainConfig().with_overrides(["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        TrainConfig().with_overrides(["optim.lr"])
+    with pytest.raises(ConfigError, match="model.overrides.*unknown architecture overrides"):
+        TrainConfig().with_overrides(["model.overrides.img_sz=3"])
+    with pytest.raises(ConfigError, match="run.workers must be >= 1"):
+        TrainConfig().with_overrides(["run.workers=0"])
+    with pytest.raises(ConfigError, match="is not an int"):
+        TrainConfig().with_overrides(["run.workers=two"])
+    with pytest.raises(ConfigError, match="unknown config sections"):
+        TrainConfig.from_dict({"optimizer": {}})
+
+
+def test_cosine_schedule_endpoints():
+    assert lr_factor(0.0, 2e-4, 1e-7, "cosine") == pytest.approx(1.0)
+    assert lr_factor(1.0, 2e-4, 1e-7, "cosine") * 2e-4 == pytest.approx(1e-7)
+    assert lr_factor(0.5, 2e-4, 0.0, "cosine") == pytest.approx(0.5)
+    assert lr_factor(0.7, 2e-4, 0.0, "constant") == 1.0
+
+
+def test_losses():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    perfect = (target * 2 - 1) * 50
+    assert soft_iou_loss(perfect, target) < 1e-6
+    assert segmentation_loss(perfect, target) < 1e-6
+    assert soft_iou_loss(-perfect, target) > 0.99
+    # BCE + IoU at 1:1
+    logits = torch.randn(2, 1, 8, 8)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert segmentation_loss(logits, target) == pytest.approx((bce + soft_iou_loss(logits, target)).item(), rel=1e-6)
+
+
+def _gt(h=48, w=64):
+    gt = np.zeros((h, w), np.uint8)
+    gt[10:30, 20:50] = 1
+    return gt
+
+
+def test_metrics_perfect_and_empty_predictions():
+    gt = _gt()
+    perfect = image_scores(gt.astype(np.float32), gt)
+    assert perfect["s"] == pytest.approx(1.0) and perfect["mae"] == 0.0 and perfect["wf"] == pytest.approx(1.0)
+    empty = image_scores(np.zeros_like(gt, dtype=np.float32), gt)
+    assert empty["s"] < 0.5 and empty["mae"] == pytest.approx(gt.mean()) and empty["wf"] < 0.01
+
+
+def test_bool_and_255_ground_truth_agree():
+    # pysodmetrics reads gt > 128: a bool or 0/1 gt must be converted, not passed through.
+    gt = _gt()
+    pred = np.random.default_rng(0).random(gt.shape).astype(np.float32)
+    a = image_scores(pred, gt.astype(bool))
+    b = image_scores(pred, gt * 255)
+    c = image_scores((pred * 255).round().astype(np.uint8), gt)
+    assert a["s"] == b["s"] == c["s"] and a["mae"] == b["mae"]
+
+
+def test_merged_shares_equal_one_pass():
+    rng = np.random.default_rng(1)
+    preds = [rng.random((32, 40)).astype(np.float32) for _ in range(5)]
+    gts = [(rng.random((32, 40)) > 0.7).astype(np.uint8) for _ in range(5)]
+    whole = CODMetrics()
+    for p, g in zip(preds, gts):
+        whole.add(p, g)
+    a, b = CODMetrics(), CODMetrics()
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        (a if i % 2 else b).add(p, g)
+    merged = CODMetrics()
+    merged.extend(a.scores)
+    merged.extend(b.scores)
+    assert merged.results() == pytest.approx(whole.results())
+    with pytest.raises(ValueError, match="differ in size"):
+        image_scores(preds[0], gts[0][:10])

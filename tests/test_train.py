@@ -1,0 +1,127 @@
+"""Training on a local Ray: S3 storage, resume, worker failure, DDP replicas in sync."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from samadapter import build_model
+from samadapter.data import storage
+from samadapter.data.prepare import prepare_dataset
+from samadapter.data.sources import synthetic_listing
+from samadapter.train.config import TrainConfig
+from samadapter.train.loop import read_metrics_lines
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+SIZE = 128  # model input and scene size for tests (tokens 8 x 8)
+
+
+def _config(dataset, storage_uri, name, **changes):
+    sets = [
+        f"data.dataset={dataset}",
+        f"run.storage={storage_uri}",
+        f"run.name={name}",
+        f"model.overrides.img_size={SIZE}",
+        "optim.epochs=2",
+        "optim.batch_size=4",
+        "run.workers=2",
+        "run.cpus_per_worker=0.5",
+        "run.log_every=5",
+    ] + [f"{k}={v}" for k, v in changes.items()]
+    return TrainConfig().with_overrides(sets)
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(s3_server):
+    uri = "s3://test-bucket/datasets/train-synth"
+    prepare_dataset(synthetic_listing(32, 8, size=SIZE, seed=3), uri, progress=False)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("data") / "synth")
+    prepare_dataset(synthetic_listing(32, 8, size=SIZE, seed=3), uri, progress=False)
+    return uri
+
+
+def _phases(lines, phase):
+    return [r for r in lines if r.get("phase") == phase]
+
+
+def test_train_two_workers_on_s3_then_resume(s3_server, ray_local, s3_dataset):
+    from samadapter.train.driver import run_training
+
+    runs = "s3://test-bucket/runs"
+    cfg = _config(s3_dataset, runs, "s3run", **{"optim.lr": 2e-3})
+    outcome = run_training(cfg, progress=False)
+    assert not outcome.resumed
+    vals = outcome.validations
+    assert [v["epoch"] for v in vals] == [1, 2]
+    assert vals[1]["train_loss"] < vals[0]["train_loss"]  # loss decreases
+    assert all(v["replicas_in_sync"] for v in vals)
+    assert all(v["num_images"] == 8 for v in vals)  # the whole validation split, gathered
+    assert outcome.before is not None
+
+    # Checkpoint, metrics and config land in the bucket.
+    assert outcome.best_checkpoint.startswith("s3://test-bucket/runs/s3run/checkpoint_")
+    fs, _ = storage.fsspec_filesystem(runs)
+    keys = [k.split("/s3run/", 1)[1] for k in fs.find("test-bucket/runs/s3run")]
+    assert "metrics.jsonl" in keys and "config.yaml" in keys
+    assert any(k.endswith("/adapter.safetensors") for k in keys)
+    assert any(k.endswith("/train_state.pt") for k in keys)
+    lines = read_metrics_lines(outcome.run_uri)
+    assert len(_phases(lines, "before training")) == 1 and len(_phases(lines, "validation")) == 2
+
+    # The adapter loads onto the same (random, seeded) base from the bucket.
+    model = build_model("tiny", img_size=SIZE, adapter_checkpoint=outcome.best_adapter)
+    assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+
+    # Resume: same name, one more epoch -> starts at the saved epoch 2.
+    cfg3 = _config(s3_dataset, runs, "s3run", **{"optim.lr": 2e-3, "optim.epochs": 3})
+    outcome = run_training(cfg3, resume=True, progress=False)
+    assert outcome.resumed
+    lines = read_metrics_lines(outcome.run_uri)
+    assert [r["epoch"] for r in _phases(lines, "resumed")] == [2]
+    assert [r["epoch"] for r in _phases(lines, "validation")] == [1, 2, 3]
+    assert len(_phases(lines, "before training")) == 1
+
+
+def test_worker_failure_is_recovered_from_last_checkpoint(ray_local, local_dataset, tmp_path):
+    from samadapter.train.driver import run_training
+
+    cfg = _config(
+        local_dataset, str(tmp_path / "runs"), "faulty",
+        **{"optim.epochs": 3, "run.fail_at_epoch": 1, "run.fail_rank": 1, "run.max_failures": 2},
+    )
+    outcome = run_training(cfg, progress=False)
+    lines = read_metrics_lines(outcome.run_uri)
+    # Worker 1 raised at the start of the second epoch; the group restarted from the
+    # checkpoint of epoch 1 instead of from scratch.
+    assert [r["epoch"] for r in _phases(lines, "resumed")] == [1]
+    assert [r["epoch"] for r in _phases(lines, "validation")] == [1, 2, 3]
+    assert len(_phases(lines, "before training")) == 1
+    assert outcome.latest_checkpoint is not None
+
+
+def test_resume_flag_without_a_run_is_an_error(ray_local, local_dataset, tmp_path):
+    from samadapter.train.config import ConfigError
+    from samadapter.train.driver import run_training
+
+    with pytest.raises(ConfigError, match="no run 'nothing'"):
+        run_training(_config(local_dataset, str(tmp_path), "nothing"), resume=True, progress=False)
+
+
+def test_resolved_config_is_written_next_to_checkpoints(ray_local, local_dataset, tmp_path):
+    from samadapter.train.driver import run_training
+
+    cfg = _config(local_dataset, str(tmp_path / "runs"), "cfgcheck", **{"optim.epochs": 1, "run.workers": 1})
+    outcome = run_training(cfg, progress=False)
+    written = TrainConfig.from_yaml(str(tmp_path / "runs" / "cfgcheck" / "config.yaml"))
+    assert written.data.dataset == local_dataset and written.run.storage == str(tmp_path / "runs")
+    assert written.optim == cfg.optim and written.model == cfg.model
+    best = json.loads(storage.read_bytes(storage.join(outcome.best_checkpoint, "metrics.json")))
+    assert best["epoch"] == 1
