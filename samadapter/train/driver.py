@@ -55,7 +55,10 @@ def _absolute(uri: str) -> str:
 
 def _run_exists(run_uri: str) -> bool:
     fs, path = storage.fsspec_filesystem(run_uri)
-    return fs.exists(path) and any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(path, detail=False))
+    return fs.exists(path) and any(
+        e["type"] == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+        for e in fs.ls(path, detail=True)
+    )
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainOutcome:

@@ -1,0 +1,163 @@
+"""Evaluation: the four COD metrics at original resolution, a Markdown table, a PNG grid.
+
+Either a checkpoint is run over a dataset split (single process, ``torch.inference_mode``),
+or the predictions a segmentation run wrote (``probs/`` if present, else ``masks/``) are
+scored against the split's ground truth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..data import storage
+from ..data.reading import iter_records
+from ..data.transforms import decode_sample, prepare_input, resized_size
+from ..metrics import CODMetrics, format_table
+from .pipeline import output_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    metrics: Dict[str, float]
+    per_image: List[Tuple[str, float]] = field(default_factory=list)  # (image_id, S-measure)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
+    examples: Dict[str, np.ndarray] = field(default_factory=dict)  # thumbnails: image | gt | prediction
+
+
+def _rows(dataset: str, split: str, batch_size: int = 16):
+    for records in iter_records(dataset, split, columns=["image_id", "image", "mask"], batch_size=batch_size):
+        yield from zip(records["image_id"], records["image"], records["mask"])
+
+
+THUMB_HEIGHT = 160
+
+
+def _thumb(a: np.ndarray, mode: str) -> np.ndarray:
+    w = max(1, int(round(a.shape[1] * THUMB_HEIGHT / a.shape[0])))
+    return np.asarray(Image.fromarray(a).convert(mode).resize((w, THUMB_HEIGHT), Image.BILINEAR).convert("RGB"))
+
+
+def _score(ev: CODMetrics, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
+    ev.add(prob, gt)
+    per_image.append((image_id, ev.scores[-1]["s"]))
+    if keep:  # thumbnails only: a test split at full resolution would not fit in memory
+        examples[image_id] = np.concatenate(
+            [_thumb(image, "RGB"), _thumb((gt * 255).astype(np.uint8), "L"), _thumb((prob * 255).round().astype(np.uint8), "L")],
+            axis=1,
+        )
+
+
+def evaluate_checkpoint(
+    dataset: str,
+    split: str,
+    checkpoint: str,
+    sam_checkpoint: Optional[str] = None,
+    batch_size: int = 4,
+    resize_mode: str = "squash",
+    keep_examples: bool = True,
+) -> Evaluation:
+    """Run a checkpoint over a split and score it at the ground truths' original sizes."""
+    import torch
+
+    from ..modeling import resize_logits
+    from .pipeline import load_adapter_model, resolve_checkpoint
+
+    model = load_adapter_model(resolve_checkpoint(checkpoint), sam_checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    size = model.img_size
+    metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
+    pending = []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.from_numpy(np.stack([p[3] for p in pending])).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        for i, (image_id, image, gt, _) in enumerate(pending):
+            valid = resized_size(gt.shape[0], gt.shape[1], size, resize_mode) if resize_mode == "pad" else None
+            prob = torch.sigmoid(resize_logits(logits[i : i + 1], gt.shape, valid))[0, 0].float().cpu().numpy()
+            _score(metrics, per_image, examples, image_id, image, gt, prob, keep_examples)
+        pending.clear()
+
+    for image_id, image_bytes, mask_bytes in _rows(dataset, split):
+        d = decode_sample(image_bytes, mask_bytes, require_mask=True)
+        if not d.ok:
+            skipped.append((image_id, f"{d.status}: {d.reason}"))
+            continue
+        x, _, _ = prepare_input(d.image, size, resize_mode)
+        pending.append((image_id, d.image, d.mask, x))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return Evaluation(metrics.results(), per_image, skipped, examples)
+
+
+def _read_prediction(predictions: str, image_id: str) -> Tuple[Optional[np.ndarray], str]:
+    """Probability map in [0, 1] from probs/ (preferred) or masks/ of a segmentation output."""
+    for kind in ("probs", "masks"):
+        try:
+            data = storage.read_bytes(storage.join(predictions, output_key(kind, image_id)))
+        except FileNotFoundError:
+            continue
+        return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32) / 255.0, ""
+    return None, "no prediction"
+
+
+def evaluate_predictions(dataset: str, split: str, predictions: str, keep_examples: bool = True) -> Evaluation:
+    """Score a segmentation output against a split's ground truth."""
+    metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
+    for image_id, image_bytes, mask_bytes in _rows(dataset, split):
+        d = decode_sample(image_bytes, mask_bytes, require_mask=True)
+        if not d.ok:
+            skipped.append((image_id, f"{d.status}: {d.reason}"))
+            continue
+        prob, why = _read_prediction(predictions, image_id)
+        if prob is None:
+            skipped.append((image_id, why))
+            continue
+        if prob.shape != d.mask.shape:
+            skipped.append((image_id, f"prediction is {prob.shape[1]}x{prob.shape[0]}, ground truth {d.mask.shape[1]}x{d.mask.shape[0]}"))
+            continue
+        _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
+    if not len(metrics):
+        raise ValueError(f"no image of split {split!r} could be scored ({len(skipped)} skipped, e.g. {skipped[:3]})")
+    return Evaluation(metrics.results(), per_image, skipped, examples)
+
+
+def example_grid(ev: Evaluation, count: int = 4) -> Optional[np.ndarray]:
+    """Best and worst ``count`` images by S-measure: rows of image | ground truth | prediction."""
+    if not ev.per_image or not ev.examples:
+        return None
+    ranked = sorted(ev.per_image, key=lambda t: t[1], reverse=True)
+    chosen = ranked[:count] + [r for r in ranked[-count:] if r not in ranked[:count]]
+    rows = [ev.examples[image_id] for image_id, _ in chosen]
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(padded, axis=0)
+
+
+def write_report(ev: Evaluation, output: str, label: str) -> Dict[str, str]:
+    """metrics.json, metrics.md and examples.png under ``output``; returns their URIs."""
+    uris = {k: storage.join(output, k) for k in ("metrics.json", "metrics.md", "examples.png")}
+    payload = {"label": label, **ev.metrics, "skipped": [{"image_id": i, "reason": r} for i, r in ev.skipped]}
+    storage.write_bytes(uris["metrics.json"], json.dumps(payload, indent=2).encode())
+    storage.write_bytes(uris["metrics.md"], (format_table({label: ev.metrics}) + "\n").encode())
+    grid = example_grid(ev)
+    if grid is not None:
+        buf = io.BytesIO()
+        Image.fromarray(grid).save(buf, format="PNG")
+        storage.write_bytes(uris["examples.png"], buf.getvalue())
+    else:
+        uris.pop("examples.png")
+    return uris
