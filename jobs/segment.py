@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     if s.listed == 0:
         print(f"error: no inputs under {cfg.input}", file=sys.stderr)
         return 1
-    if s.processed and s.ok == 0:
-        print("error: nothing could be processed", file=sys.stderr)
+    if s.processed and s.ok == 0 and s.skipped_done == 0:
+        print("error: nothing could be processed: every input failed", file=sys.stderr)
         return 1
     if s.failed_fraction > cfg.max_failed_fraction:
         print(f"error: {s.failed_total}/{s.processed} inputs failed ({s.failed_fraction:.1%} > "

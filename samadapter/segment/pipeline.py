@@ -11,6 +11,8 @@ Output layout under ``--output``::
     masks/<key without extension>.png       0/255 mask at the original resolution
     probs/<key without extension>.png       8-bit probability map (--save-probs)
     overlays/<key without extension>.png    image | overlay, side by side (--overlays)
+
+(``c.jpg`` and ``c.png`` side by side keep their extension: ``masks/c.jpg.png``.)
     manifest/run-<id>/part-NNNNN.parquet    one row per input
 
 A rerun with the same model fingerprint skips inputs that already have an ``ok`` row in
@@ -142,10 +144,21 @@ def model_fingerprint(adapter_bytes: bytes, cfg: SegmentConfig) -> str:
 
 
 # ---------------------------------------------------------------- output keys
-def output_key(kind: str, key: str) -> str:
-    """``a/b/c.jpg`` -> ``masks/a/b/c.png``; a key without an image extension (a dataset's
-    ``image_id``) keeps its name: ``id.v2`` -> ``masks/id.v2.png``."""
-    stem = posixpath.splitext(key)[0] if is_image_key(key) else key
+def output_stems(keys: Iterable[str]) -> Dict[str, str]:
+    """Input key -> output stem: ``a/b/c.jpg`` -> ``a/b/c``.
+
+    Keys that would share a stem (``c.jpg`` and ``c.png`` side by side) keep their full
+    name instead (``c.jpg``, ``c.png``), so that no output overwrites another. Keys
+    without an image extension (a dataset's ``image_id``) are used as they are.
+    """
+    keys = list(keys)
+    stripped = {k: (posixpath.splitext(k)[0] if is_image_key(k) else k) for k in keys}
+    counts = Counter(stripped.values())
+    return {k: (stem if counts[stem] == 1 else k) for k, stem in stripped.items()}
+
+
+def output_key(kind: str, stem: str) -> str:
+    """``masks/<stem>.png`` (``kind``: masks, probs or overlays)."""
     return f"{kind}/{stem}.png"
 
 
@@ -171,6 +184,7 @@ def read_stage(batch: Dict[str, np.ndarray], root: str) -> Dict[str, np.ndarray]
     got = read_objects(root, keys)
     return {
         "key": np.asarray(keys, dtype=object),
+        "out": batch["out"],
         "data": np.asarray([g[0] if g[0] is not None else b"" for g in got], dtype=object),
         "read_error": np.asarray([g[1] for g in got], dtype=object),
     }
@@ -181,14 +195,14 @@ def tar_stage(row: Dict[str, object], root: str, done: Set[str]) -> List[Dict[st
 
     Members whose key would escape the output prefix get an ``unsafe_key`` error.
     """
+    members = [m for m in tar_members(root, str(row["key"])) if m[0] not in done]
+    stems = output_stems(m[0] for m in members)
     rows = []
-    for key, data, err in tar_members(root, str(row["key"])):
-        if key in done:
-            continue
+    for key, data, err in members:
         why = unsafe_key_reason(key)
         if why and not err:
             err = f"{UNSAFE_KEY}: {why}"
-        rows.append({"key": key, "data": data if data is not None else b"", "read_error": err})
+        rows.append({"key": key, "out": stems[key], "data": data if data is not None else b"", "read_error": err})
     return rows
 
 
@@ -217,6 +231,7 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
         seconds.append(time.perf_counter() - t0)
     out = {
         "key": batch["key"],
+        "out": batch["out"],
         "image": images,
         "height": heights,
         "width": widths,
@@ -312,13 +327,14 @@ def postprocess_stage(
                 valid = resized_size(h, w, size, resize_mode) if resize_mode == "pad" else None
                 full = resize_logits(torch.from_numpy(batch["logits"][i].astype(np.float32))[None, None], (h, w), valid)[0, 0].numpy()
                 mask = full > logit_threshold
-                out_key = output_key("masks", str(key))
+                stem = str(batch["out"][i])
+                out_key = output_key("masks", stem)
                 storage.write_bytes(storage.join(output, out_key), _png(mask.astype(np.uint8) * 255, "L"))
                 if save_probs:
                     prob = (1.0 / (1.0 + np.exp(-full)) * 255).round().astype(np.uint8)
-                    storage.write_bytes(storage.join(output, output_key("probs", str(key))), _png(prob, "L"))
+                    storage.write_bytes(storage.join(output, output_key("probs", stem)), _png(prob, "L"))
                 if overlays:
-                    storage.write_bytes(storage.join(output, output_key("overlays", str(key))), _png(_overlay(batch["data"][i], mask), "RGB"))
+                    storage.write_bytes(storage.join(output, output_key("overlays", stem)), _png(_overlay(batch["data"][i], mask), "RGB"))
             except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
                 status, reason, out_key = "write_error", f"{type(exc).__name__}: {exc}", ""
         rows["input_key"].append(str(key))
@@ -481,6 +497,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     else:
         listed = len(listing.keys)
         skipped_done = 0
+        stems = output_stems(listing.keys)
         todo = []
         for key in listing.keys:
             why = unsafe_key_reason(key)
@@ -492,7 +509,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             else:
                 todo.append(key)
         if todo:
-            ds = ray.data.from_items([{"key": k} for k in todo]).map_batches(
+            ds = ray.data.from_items([{"key": k, "out": stems[k]} for k in todo]).map_batches(
                 read_stage, fn_kwargs={"root": listing.root}, batch_size=cfg.read_batch_size, batch_format="numpy"
             )
 
@@ -551,7 +568,8 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
 
 
 def _parquet_rows(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    return {"key": batch["image_id"], "data": batch["image"], "read_error": np.asarray([""] * len(batch["image_id"]), dtype=object)}
+    n = len(batch["image_id"])
+    return {"key": batch["image_id"], "out": batch["image_id"], "data": batch["image"], "read_error": np.asarray([""] * n, dtype=object)}
 
 
 def _prefixes(key: str) -> List[str]:
