@@ -259,3 +259,26 @@ def test_resolve_checkpoint_from_run_folder(tmp_path, adapter):
     assert resolve_checkpoint(str(run / "checkpoint_a")).endswith("checkpoint_a/adapter.safetensors")
     with pytest.raises(FileNotFoundError, match="no adapter checkpoint"):
         resolve_checkpoint(str(tmp_path))
+
+
+def test_no_argument_run_uses_the_embedded_default(ray_local, tmp_path, monkeypatch, capsys):
+    """`python jobs/segment.py` segments the synthetic test split with ./runs/local-tiny."""
+    from samadapter.train.config import DataConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert SEGMENT.main(["--no-progress"]) == 2  # nothing trained yet: says what to do
+    assert "python jobs/train.py" in capsys.readouterr().err
+
+    prepare_dataset(synthetic_listing(0, 5, size=256, seed=0), DataConfig().dataset_uri(), progress=False)
+    ckpt = tmp_path / "runs" / "local-tiny" / "checkpoint_2026-01-01_00-00-00.000000"
+    ckpt.mkdir(parents=True)
+    build_model("tiny").save_adapter(str(ckpt / "adapter.safetensors"))
+    (ckpt / "metrics.json").write_text('{"s_measure": 0.5}')
+    assert SEGMENT.main(["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "overlays:" in out and "masks:" in out
+    overlays = tmp_path / "outputs" / "segment-local-tiny" / "overlays"
+    assert len(list(overlays.iterdir())) == 5
+    im = Image.open(next(overlays.iterdir()))
+    assert im.size == (512, 256)  # image | overlay

@@ -1,0 +1,60 @@
+"""Simulated multi-node segmentation: two nodes with one logical GPU each, no CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samadapter import build_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def two_gpu_nodes():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
+    import ray
+
+    from samadapter.segment.pipeline import SegmentConfig, read_manifests, run_segmentation
+
+    torch.manual_seed(0)
+    adapter = str(tmp_path / "adapter.safetensors")
+    build_model("tiny", img_size=64).save_adapter(adapter)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(inp / f"{i:03d}.png")
+
+    assert ray.cluster_resources().get("GPU") == 2
+    assert not torch.cuda.is_available()  # the actors fall back to the CPU
+    cfg = SegmentConfig(input=str(inp), output=str(tmp_path / "out"), checkpoint=adapter,
+                        gpus_per_actor=1, min_actors=2, max_actors=2, batch_size=2,
+                        read_batch_size=2)  # many small bundles, so both actors get work
+    summary = run_segmentation(cfg, progress=False)
+    assert summary.ok == 40
+    rows = read_manifests(str(tmp_path / "out")).to_pylist()
+    assert sorted(r["input_key"] for r in rows) == sorted(os.listdir(inp))  # each image exactly once
+    actors = {r["actor"] for r in rows}
+    assert len(actors) == 2, actors
+    gpu_nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Resources"].get("GPU")}
+    assert {a.split(":")[0] for a in actors} == gpu_nodes  # one actor on each GPU node
