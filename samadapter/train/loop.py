@@ -213,7 +213,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+        # A private download per worker: workers on one node must not read a shared
+        # download directory while another worker is still filling it.
+        with tempfile.TemporaryDirectory(prefix="samadapter-ckpt-") as d:
+            checkpoint.to_directory(d)
             weights_mod.load_adapter(model, os.path.join(d, ADAPTER_FILE))
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])

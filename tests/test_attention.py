@@ -1,0 +1,74 @@
+"""The fused attention path equals segment_anything's attention."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Attention, Block
+
+from samadapter import build_model
+from samadapter.modeling.attention import SdpaAttention, set_attention
+
+
+def _block(dim, heads, window, input_size, seed):
+    torch.manual_seed(seed)
+    blk = Block(dim=dim, num_heads=heads, use_rel_pos=True, window_size=window, input_size=input_size)
+    with torch.no_grad():  # rel-pos tables are zero-initialised: make them matter
+        blk.attn.rel_pos_h.normal_(0, 0.5)
+        blk.attn.rel_pos_w.normal_(0, 0.5)
+    return blk.eval()
+
+
+@pytest.mark.parametrize(
+    "tokens,window",
+    [
+        ((8, 8), 4),     # windowed, no padding
+        ((10, 10), 4),   # windowed, padded to 12 x 12
+        ((14, 14), 14),  # one window
+        ((9, 11), 0),    # global attention, not square
+        ((16, 16), 0),   # global attention
+    ],
+)
+def test_fast_attention_equals_original(tokens, window):
+    size = (window, window) if window else tokens
+    blk = _block(64, 4, window, size, seed=sum(tokens) + window)
+    fast = copy.deepcopy(blk)
+    set_attention(fast, "fast")
+    assert isinstance(fast.attn, SdpaAttention) and type(blk.attn) is Attention
+    x = torch.randn(2, *tokens, 64)
+    with torch.no_grad():
+        assert torch.allclose(blk(x), fast(x), atol=1e-4, rtol=1e-4), (blk(x) - fast(x)).abs().max()
+
+
+def test_fast_attention_gradients_match():
+    blk = _block(32, 2, 0, (6, 6), seed=3)
+    fast = copy.deepcopy(blk)
+    set_attention(fast, "fast")
+    x = torch.randn(1, 6, 6, 32, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    blk(x).square().sum().backward()
+    fast(x2).square().sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-4)
+    assert torch.allclose(blk.attn.rel_pos_h.grad, fast.attn.rel_pos_h.grad, atol=1e-4)
+
+
+def test_whole_model_same_outputs_and_keys():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "rel_pos" in name:
+                p.normal_(0, 0.3)
+    keys = set(model.state_dict())
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        set_attention(model, "original")
+        a = model(x)
+        assert set_attention(model, "fast") == "fast"
+        b = model(x)
+    assert set(model.state_dict()) == keys  # same checkpoint keys
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    with pytest.raises(ValueError, match="choose one of"):
+        set_attention(model, "flash")
