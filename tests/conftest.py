@@ -16,6 +16,9 @@ from samadapter.modeling import arch_config
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Every Ray node the tests start binds to loopback (Ray otherwise picks the routable IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Token authentication for every Ray the tests start or join (read once per process by Ray,
+# so it is set before Ray is imported).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def official_sam(arch: str = "tiny", seed: int = 123, **overrides) -> Sam:

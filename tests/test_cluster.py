@@ -198,7 +198,6 @@ def test_segment_job_scales_gpu_nodes_up_from_zero(tmp_path, monkeypatch):
             }
 
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # `ray` CLI
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     cluster = LocalAutoscalingCluster(
         head_resources={"CPU": 2},
         worker_node_types={
