@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failed-fraction", type=float, default=0.01, help="exit non-zero above this fraction of failed inputs (default 0.01)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
     p.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
+    p.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (slower start, faster steady state on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     return p.parse_args(argv)
 
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
             gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors,
             save_probs=args.save_probs, overlays=args.overlays, force=args.force,
             max_failed_fraction=args.max_failed_fraction, threshold=args.threshold, resize_mode=args.resize_mode,
+            attention=args.attention, compile=args.compile,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

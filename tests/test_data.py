@@ -194,3 +194,34 @@ def test_s3_round_trip_with_ray_data_and_pyarrow(s3_server, ray_local, tmp_path)
     keys = sorted(p[len(path) + 1 :] for p in fs.find(path))
     assert keys == ["_dataset.json", "test/part-00000.parquet", "train/part-00000.parquet"]
     assert json.loads(storage.read_bytes(uri + "/_dataset.json"))["sources"] == {"synthetic": 14}
+
+
+def test_remote_weights_are_fetched_once_per_machine(s3_server, tmp_path, monkeypatch):
+    """Concurrent callers (workers on one node) share one download of a remote file."""
+    import threading
+
+    uri = "s3://test-bucket/weights/sam_tiny.pth"
+    storage.write_bytes(uri, b"w" * 200_000)
+    real = storage.fsspec_filesystem
+    downloads = []
+
+    class Counting:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def get_file(self, *a, **k):
+            downloads.append(a[0])
+            return self.fs.get_file(*a, **k)
+
+    monkeypatch.setattr(storage, "fsspec_filesystem", lambda u, anon=False: (Counting(real(u, anon)[0]), real(u, anon)[1]))
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(storage.local_copy(uri, str(tmp_path)))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(paths) == 6 and len(set(paths)) == 1
+    assert len(downloads) == 1
+    assert open(paths[0], "rb").read() == b"w" * 200_000
+    # a local path is used in place, never copied
+    assert storage.local_copy(paths[0]) == paths[0]

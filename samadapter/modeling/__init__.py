@@ -1,6 +1,7 @@
 """Pure PyTorch SAM-Adapter model built on segment_anything's modules."""
 
 from .adapter import PromptGenerator, high_pass_filter
+from .attention import SdpaAttention, set_attention
 from .build import ARCHS, ArchConfig, arch_config, build_from_config, build_model
 from .encoder import AdaptedImageEncoder
 from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter, resize_logits
@@ -16,6 +17,7 @@ __all__ = [
     "PIXEL_STD",
     "PromptGenerator",
     "SamAdapter",
+    "SdpaAttention",
     "arch_config",
     "build_from_config",
     "build_model",
@@ -24,4 +26,5 @@ __all__ = [
     "load_sam_checkpoint",
     "resize_logits",
     "save_adapter",
+    "set_attention",
 ]

@@ -12,6 +12,7 @@ import torch
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
 from torch import nn
 
+from .attention import set_attention
 from .encoder import AdaptedImageEncoder
 from .sam_adapter import BatchedMaskDecoder, SamAdapter
 
@@ -178,6 +179,7 @@ def build_model(
     sam_checkpoint: Optional[str] = None,
     adapter_checkpoint: Optional[str] = None,
     reference_checkpoint: Optional[str] = None,
+    attention: str = "auto",
     **overrides,
 ) -> SamAdapter:
     """Build a SAM-Adapter model.
@@ -191,6 +193,8 @@ def build_model(
             after the base weights and checked against them.
         reference_checkpoint: a full state dict saved by the public SAM-Adapter reference
             implementation; switches on ``reference_layout``.
+        attention: the encoder's attention path: ``original`` (segment_anything's),
+            ``fast`` (``scaled_dot_product_attention``, same weights) or ``auto`` (fast).
         **overrides: any :class:`ArchConfig` field (img_size, embed_dim, depth, ...).
 
     Returns:
@@ -204,6 +208,7 @@ def build_model(
         overrides["reference_layout"] = True
     cfg = arch_config(arch, **overrides)
     model = build_from_config(cfg)
+    set_attention(model, attention)
     if sam_checkpoint is not None:
         weights.load_sam_checkpoint(model, sam_checkpoint)
     if reference_checkpoint is not None:

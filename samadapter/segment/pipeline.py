@@ -80,6 +80,8 @@ class SegmentConfig:
     threshold: float = 0.5
     resize_mode: str = "squash"
     bf16: Optional[bool] = None  # None: on with CUDA
+    attention: str = "auto"
+    compile: bool = False  # torch.compile the model in each actor
     max_pixels: int = DEFAULT_MAX_PIXELS
     read_batch_size: int = 16
     manifest_flush_rows: int = 5000
@@ -162,7 +164,7 @@ def output_key(kind: str, stem: str) -> str:
     return f"{kind}/{stem}.png"
 
 
-def load_adapter_model(adapter_uri: str, sam_checkpoint: Optional[str]):
+def load_adapter_model(adapter_uri: str, sam_checkpoint: Optional[str], attention: str = "auto"):
     """The model an adapter checkpoint describes (arch from its metadata), in eval mode.
 
     Official SAM weights are fetched once per machine (``storage.local_copy``).
@@ -174,7 +176,7 @@ def load_adapter_model(adapter_uri: str, sam_checkpoint: Optional[str]):
     config = json.loads(meta["config"])
     arch = config.pop("name")
     sam_path = storage.local_copy(sam_checkpoint) if sam_checkpoint else None
-    return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_uri, **config).eval()
+    return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_uri, attention=attention, **config).eval()
 
 
 # ---------------------------------------------------------------------- stages
@@ -247,13 +249,16 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
 class Segmenter:
     """Ray Data callable class: one frozen encoder + adapter per actor, built in ``__init__``."""
 
-    def __init__(self, adapter_uri: str, sam_checkpoint: Optional[str], bf16: Optional[bool]):
+    def __init__(
+        self, adapter_uri: str, sam_checkpoint: Optional[str], bf16: Optional[bool], attention: str = "auto", compile: bool = False
+    ):
         import torch
 
         self.torch = torch
         # Logical GPUs without CUDA (a CPU machine, a simulated cluster): run on the CPU.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_adapter_model(adapter_uri, sam_checkpoint).to(self.device)
+        self.model = load_adapter_model(adapter_uri, sam_checkpoint, attention).to(self.device)
+        self.forward = torch.compile(self.model) if compile else self.model
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bool(bf16)
         import ray
 
@@ -273,7 +278,7 @@ class Segmenter:
                 x = x.pin_memory()
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model(self.model.normalize(x))
+                out = self.forward(self.model.normalize(x))
             logits[ok] = out[:, 0].float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
         share = (time.perf_counter() - t0) / max(1, len(ok))
         result = {k: v for k, v in batch.items() if k != "image"}
@@ -527,7 +532,10 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
         )
         ds = ds.map_batches(
             Segmenter,
-            fn_constructor_kwargs={"adapter_uri": adapter_uri, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16},
+            fn_constructor_kwargs={
+                "adapter_uri": adapter_uri, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
+                "attention": cfg.attention, "compile": cfg.compile,
+            },
             compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=max_actors),
             num_gpus=gpus,
             num_cpus=cfg.cpus_per_actor,

@@ -17,6 +17,7 @@ import yaml
 
 from ..data import storage
 from ..data.transforms import RESIZE_MODES
+from ..modeling.attention import ATTENTION_IMPLS
 from ..modeling.build import ARCHS, arch_config
 
 
@@ -33,10 +34,14 @@ class ModelConfig:
     overrides: Dict[str, Any] = field(default_factory=dict)
     # Checkpoint the frozen encoder blocks' activations; None: on with GPUs, off on CPU.
     activation_checkpointing: Optional[bool] = None
+    # Encoder attention path: original (segment_anything's), fast (SDPA) or auto (fast).
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch {self.arch!r} is unknown; choose one of {sorted(ARCHS)}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention {self.attention!r}: choose one of {list(ATTENTION_IMPLS)}")
         try:
             arch_config(self.arch, **self.overrides)
         except ValueError as exc:

@@ -198,7 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)
     # Official SAM weights: fetched once per node (file lock), then read from local disk.
     sam_path = storage.local_copy(cfg.model.sam_checkpoint) if cfg.model.sam_checkpoint else None
-    model = build_model(cfg.model.arch, sam_checkpoint=sam_path, **cfg.model.overrides)
+    model = build_model(cfg.model.arch, sam_checkpoint=sam_path, attention=cfg.model.attention, **cfg.model.overrides)
     ac = cfg.model.activation_checkpointing if cfg.model.activation_checkpointing is not None else on_gpu
     model.image_encoder.checkpoint_blocks = bool(ac)
     start_epoch, global_step = 0, 0

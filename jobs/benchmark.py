@@ -1,0 +1,105 @@
+"""Benchmarks: model throughput, training-step memory, and the segment pipeline's overhead.
+
+    python jobs/benchmark.py model --arch vit_b --img-size 1024 --batch-sizes 1 --attention original fast
+    python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
+    python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
+
+Each figure is the median of --repeats timed runs after --warmup runs; every
+configuration of `model` and `train-step` runs in a fresh process so its peak memory is
+its own. `pipeline` divides the segment job's images/s (Ray Data, end to end, model
+loading in the actors included) by a bare single-process loop doing the same work (read,
+decode, resize, model, resize back, threshold, PNG, write) on the same images with the
+same model and batch size. Prints a table with the machine's description and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--arch", default="tiny", help="vit_h, vit_l, vit_b or tiny (default tiny)")
+    common.add_argument("--img-size", type=int, default=None, help="input size (default: the arch's)")
+    common.add_argument("--warmup", type=int, default=None, help="untimed runs first")
+    common.add_argument("--repeats", type=int, default=None, help="timed runs (the median is reported)")
+    common.add_argument("--json", default=None, help="write the results here (default benchmark-<mode>.json)")
+
+    m = sub.add_parser("model", parents=[common], help="encoder + decoder images/s, peak memory, TFLOP/s")
+    m.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    m.add_argument("--attention", nargs="+", default=["original", "fast"], choices=["original", "fast"])
+    m.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="bf16 runs on GPU only")
+
+    t = sub.add_parser("train-step", parents=[common], help="one training step with and without activation checkpointing")
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--attention", default="auto", choices=["auto", "original", "fast"])
+
+    q = sub.add_parser("pipeline", parents=[common], help="segment job images/s divided by a bare single-process loop")
+    q.add_argument("--images", type=int, default=64)
+    q.add_argument("--scene-size", type=int, default=320, help="side of the synthetic test images")
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--max-actors", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _table(rows, columns):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(argv)
+    from samadapter import benchmark as B
+    from samadapter.modeling.build import arch_config
+
+    img_size = args.img_size or arch_config(args.arch).img_size
+    machine = B.describe_machine()
+    if args.mode == "model":
+        rows = B.bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
+                             warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
+        cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "median_s",
+                "gflop_per_image", "tflops", "fraction_of_peak", "peak_mem_gib"]
+    elif args.mode == "train-step":
+        rows = B.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
+                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
+        cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
+    else:
+        rows = [B.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
+                                 warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
+                                 max_actors=args.max_actors)]
+        cols = ["arch", "img_size", "images", "batch", "device", "bare_images_per_s", "pipeline_images_per_s", "ratio"]
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v is not None))
+    print(_table(rows, cols))
+    out = args.json or f"benchmark-{args.mode}.json"
+    with open(out, "w") as f:
+        json.dump({"machine": machine, "mode": args.mode, "argv": sys.argv[1:] if argv is None else argv, "results": rows}, f, indent=2)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Benchmarks behind the README's Performance section (``jobs/benchmark.py``).
+
+Every figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones.
+Peak memory is measured in a fresh subprocess per configuration: on GPU
+``torch.cuda.max_memory_allocated``, on CPU the growth of the process's peak resident
+set over the model's own footprint (``ru_maxrss`` minus the resident size after
+building the model), so that configurations do not see each other's peaks.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+# Dense peak throughput (TFLOP/s) by device name fragment and dtype, from vendor datasheets.
+DEVICE_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp32": 66.9},
+    "H100": {"bf16": 989.4, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "fp32": 30.3},
+    "A10G": {"bf16": 70.0, "fp32": 35.0},
+}
+
+
+# --------------------------------------------------------------------- machine
+def describe_machine() -> Dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def device_peak_tflops(dtype: str) -> Optional[float]:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key, peaks in DEVICE_PEAK_TFLOPS.items():
+        if key in name:
+            return peaks.get(dtype)
+    return None
+
+
+# --------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_median(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median / min / max seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _run_isolated(target: Callable[..., dict], kwargs: dict) -> dict:
+    """Run ``target(**kwargs)`` in a fresh spawned process (clean peak-memory counters)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(target, kwds=kwargs)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------ model mode
+def _model_case(arch: str, img_size: int, batch: int, attention: str, dtype: str, warmup: int, repeats: int, threads: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .modeling import build_model
+
+    torch.set_num_threads(threads)
+    device = _device()
+    model = build_model(arch, img_size=img_size, attention=attention).eval().to(device)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    bf16 = dtype == "bf16"
+
+    def step():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x)
+
+    # FLOPs of the model's math, counted on segment_anything's explicit attention so that
+    # both attention paths are credited with the same work.
+    from .modeling import set_attention
+
+    set_attention(model, "original")
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    set_attention(model, attention)
+    base = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time_median(step, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
+    ips = batch / t["median_s"]
+    tflops = flops / t["median_s"] / 1e12
+    peak_dev = device_peak_tflops(dtype)
+    return {
+        "mode": "model", "arch": arch, "img_size": img_size, "batch": batch, "attention": attention, "dtype": dtype,
+        "device": device.type, **t, "images_per_s": ips, "gflop_per_image": flops / batch / 1e9,
+        "tflops": tflops, "fraction_of_peak": (tflops / peak_dev) if peak_dev else None,
+        "peak_mem_gib": peak / 2**30,
+    }
+
+
+def bench_model(arch: str, img_size: int, batches: List[int], attentions: List[str], dtypes: List[str],
+                warmup: int = 2, repeats: int = 5) -> List[dict]:
+    threads = torch.get_num_threads()
+    rows = []
+    for dtype in dtypes:
+        if dtype == "bf16" and not torch.cuda.is_available():
+            continue  # bf16 figures only where they mean something (GPU)
+        for batch in batches:
+            for attention in attentions:
+                rows.append(_run_isolated(_model_case, dict(arch=arch, img_size=img_size, batch=batch, attention=attention,
+                                                            dtype=dtype, warmup=warmup, repeats=repeats, threads=threads)))
+    return rows
+
+
+# -------------------------------------------------------------- train-step mode
+def _train_case(arch: str, img_size: int, batch: int, checkpointing: bool, attention: str, warmup: int, repeats: int, threads: int) -> dict:
+    from .modeling import build_model
+    from .train.losses import segmentation_loss
+
+    torch.set_num_threads(threads)
+    device = _device()
+    model = build_model(arch, img_size=img_size, attention=attention).train().to(device)
+    model.image_encoder.checkpoint_blocks = checkpointing
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    y = (torch.rand(batch, 1, img_size, img_size, device=device) > 0.5).float()
+    bf16 = device.type == "cuda"
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        segmentation_loss(logits, y).backward()
+
+    base = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time_median(step, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
+    return {"mode": "train-step", "arch": arch, "img_size": img_size, "batch": batch, "checkpointing": checkpointing,
+            "attention": attention, "device": device.type, **t, "peak_mem_gib": peak / 2**30}
+
+
+def bench_train_step(arch: str, img_size: int, batch: int, attention: str = "auto", warmup: int = 1, repeats: int = 3) -> List[dict]:
+    threads = torch.get_num_threads()
+    rows = [
+        _run_isolated(_train_case, dict(arch=arch, img_size=img_size, batch=batch, checkpointing=ckpt, attention=attention,
+                                        warmup=warmup, repeats=repeats, threads=threads))
+        for ckpt in (False, True)
+    ]
+    rows[1]["memory_vs_plain"] = rows[1]["peak_mem_gib"] / rows[0]["peak_mem_gib"] if rows[0]["peak_mem_gib"] else None
+    return rows
+
+
+# ---------------------------------------------------------------- pipeline mode
+def _make_images(folder: str, count: int, size: int) -> None:
+    from PIL import Image
+
+    from .data.synthetic import make_scene
+
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        image, _ = make_scene(1234, i, size)
+        Image.fromarray(image).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=92)
+
+
+def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention: str = "auto") -> float:
+    """Seconds for one process to do what the segment job does: read, decode, resize,
+    model, resize back, threshold, PNG-encode and write every image."""
+    from PIL import Image
+
+    from .data.transforms import decode_image, resize_image
+    from .modeling import resize_logits
+    from .segment.pipeline import load_adapter_model
+
+    device = _device()
+    model = load_adapter_model(adapter, None, attention).to(device)
+    size = model.img_size
+    names = sorted(os.listdir(folder))
+    os.makedirs(output, exist_ok=True)
+    t0 = time.perf_counter()
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        decoded = []
+        for name in chunk:
+            with open(os.path.join(folder, name), "rb") as f:
+                decoded.append(decode_image(f.read()).image)
+        x = torch.from_numpy(np.stack([resize_image(d, size) for d in decoded])).to(device).permute(0, 3, 1, 2).float()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(model.normalize(x)).float().cpu()
+        for name, d, lg in zip(chunk, decoded, logits):
+            mask = resize_logits(lg[None], d.shape[:2])[0, 0].numpy() > 0
+            buf = io.BytesIO()
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+            with open(os.path.join(output, os.path.splitext(name)[0] + ".png"), "wb") as f:
+                f.write(buf.getvalue())
+    return time.perf_counter() - t0
+
+
+def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch_size: int,
+                   warmup: int = 1, repeats: int = 3, max_actors: int = 1) -> dict:
+    """Segment job images/s over a local image set divided by the bare loop's, one run."""
+    import ray
+
+    from .modeling import build_model
+    from .segment.pipeline import SegmentConfig, run_segmentation
+
+    with tempfile.TemporaryDirectory(prefix="samadapter-bench-") as tmp:
+        folder = os.path.join(tmp, "images")
+        _make_images(folder, images, scene_size)
+        adapter = os.path.join(tmp, "adapter.safetensors")
+        build_model(arch, img_size=img_size).save_adapter(adapter)
+
+        bare = [bare_loop(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size) for i in range(warmup + repeats)][warmup:]
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)
+        piped = []
+        for i in range(warmup + repeats):
+            cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter,
+                                batch_size=batch_size, max_actors=max_actors)
+            summary = run_segmentation(cfg, progress=False)
+            if summary.ok != images:
+                raise RuntimeError(f"pipeline segmented {summary.ok} of {images} images")
+            piped.append(summary.seconds)
+        piped = piped[warmup:]
+    bare_ips = images / statistics.median(bare)
+    pipe_ips = images / statistics.median(piped)
+    return {
+        "mode": "pipeline", "arch": arch, "img_size": img_size, "images": images, "scene_size": scene_size,
+        "batch": batch_size, "max_actors": max_actors, "device": _device().type,
+        "bare_images_per_s": bare_ips, "pipeline_images_per_s": pipe_ips, "ratio": pipe_ips / bare_ips,
+        "bare_s": bare, "pipeline_s": piped,
+    }

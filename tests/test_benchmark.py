@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end on `tiny` (its figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "jobs", "benchmark.py")
+
+
+def _run(tmp_path, *args, timeout=300):
+    out = tmp_path / "result.json"
+    r = subprocess.run([sys.executable, BENCH, *args, "--json", str(out)], capture_output=True, text=True,
+                       timeout=timeout, cwd=tmp_path, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "machine: cpu" in r.stdout and "| arch |" in r.stdout
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_pipeline_mode_on_tiny(tmp_path):
+    data = _run(tmp_path, "pipeline", "--arch", "tiny", "--images", "8", "--scene-size", "96",
+                "--batch-size", "4", "--warmup", "0", "--repeats", "1", timeout=380)
+    (row,) = data["results"]
+    assert row["images"] == 8 and row["ratio"] > 0 and row["bare_images_per_s"] > 0
+    assert data["machine"]["torch"]
+
+
+@pytest.mark.timeout(300)
+def test_model_and_train_step_modes_on_tiny(tmp_path):
+    data = _run(tmp_path, "model", "--arch", "tiny", "--img-size", "64", "--warmup", "0", "--repeats", "1")
+    assert {r["attention"] for r in data["results"]} == {"original", "fast"}
+    assert all(r["gflop_per_image"] > 0 and r["images_per_s"] > 0 for r in data["results"])
+    assert len({round(r["gflop_per_image"], 6) for r in data["results"]}) == 1  # same work credited to both paths
+    data = _run(tmp_path, "train-step", "--arch", "tiny", "--img-size", "64", "--warmup", "0", "--repeats", "1")
+    assert [r["checkpointing"] for r in data["results"]] == [False, True]
