@@ -9,7 +9,7 @@ configuration of `model` and `train-step` runs in a fresh process so its peak me
 its own. `pipeline` divides the segment job's images/s (Ray Data, end to end, model
 loading in the actors included) by a bare single-process loop doing the same work (read,
 decode, resize, model, resize back, threshold, PNG, write) on the same images with the
-same model and batch size. Prints a table with the machine's description and writes JSON.
+same model, batch size and torch threads (those of one model actor). Prints a table with the machine's description and writes JSON.
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samadapter.cli import doc_parser  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="benchmark.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser("benchmark.py", __doc__)
     sub = p.add_subparsers(dest="mode", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--arch", default="tiny", help="vit_h, vit_l, vit_b or tiny (default tiny)")
@@ -91,7 +88,8 @@ def main(argv=None) -> int:
         rows = [B.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
                                  max_actors=args.max_actors)]
-        cols = ["arch", "img_size", "images", "batch", "device", "bare_images_per_s", "pipeline_images_per_s", "ratio"]
+        cols = ["arch", "img_size", "images", "batch", "device", "model_threads", "bare_images_per_s", "pipeline_images_per_s", "ratio",
+                "pipeline_startup_s", "steady_images_per_s", "steady_ratio"]
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v is not None))
     print(_table(rows, cols))
     out = args.json or f"benchmark-{args.mode}.json"

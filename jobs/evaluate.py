@@ -18,14 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samadapter.cli import doc_parser  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser("evaluate.py", __doc__)
     p.add_argument("--dataset", required=True, help="dataset URI (jobs/prepare_data.py)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     src = p.add_mutually_exclusive_group(required=True)

@@ -21,6 +21,8 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samadapter.cli import doc_parser  # noqa: E402
+
 from samadapter.data import sources  # noqa: E402
 from samadapter.data.prepare import prepare_dataset  # noqa: E402
 from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError  # noqa: E402
@@ -28,12 +30,7 @@ from samadapter.data.transforms import DEFAULT_MAX_PIXELS  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="prepare_data.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser("prepare_data.py", __doc__)
     p.add_argument("--source", required=True, choices=["cod10k", "paired", "synthetic"],
                    help="cod10k: a COD10K-v3 or COD release folder (layout detected); paired: any "
                         "image/mask folder pair matched by file stem; synthetic: generated camouflage scenes")

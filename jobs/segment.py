@@ -28,6 +28,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samadapter.cli import doc_parser  # noqa: E402
+
 from samadapter.segment.pipeline import SegmentConfig  # noqa: E402
 
 DEFAULT_RUN = os.path.join("runs", "local-tiny")
@@ -35,12 +37,7 @@ DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="segment.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser("segment.py", __doc__)
     p.add_argument("--input", help="image prefix, .tar prefix or Parquet dataset (URI); default: the embedded synthetic test split")
     p.add_argument("--output", help=f"output prefix (URI); default {DEFAULT_OUTPUT}")
     p.add_argument("--checkpoint", help=f"adapter .safetensors, a checkpoint folder, or a training run folder (its best checkpoint); default {DEFAULT_RUN}")
@@ -111,7 +108,8 @@ def main(argv=None) -> int:
     print(f"model fingerprint {s.fingerprint}, run {s.run_id}")
     print(f"inputs listed        {s.listed}")
     print(f"skipped (done)       {s.skipped_done}")
-    print(f"processed            {s.processed}   ({s.images_per_s:.1f} images/s over {s.seconds:.1f} s)")
+    print(f"processed            {s.processed}   ({s.images_per_s:.1f} images/s over {s.seconds:.1f} s"
+          + (f"; first results after {s.first_output_s:.1f} s" if s.first_output_s is not None else "") + ")")
     print(f"  ok                 {s.ok}")
     for status, n in sorted(s.failed.items()):
         print(f"  failed: {status:<12} {n}")

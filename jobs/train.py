@@ -24,18 +24,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samadapter.cli import doc_parser  # noqa: E402
+
 from samadapter.train.config import ConfigError, TrainConfig  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local-tiny.yaml")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = doc_parser("train.py", __doc__)
     p.add_argument("--config", default=None, help="a recipe YAML (default: the embedded configs/local-tiny.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field (repeatable), e.g. optim.epochs=5")

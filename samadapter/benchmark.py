@@ -213,9 +213,14 @@ def _make_images(folder: str, count: int, size: int) -> None:
         Image.fromarray(image).save(os.path.join(folder, f"img_{i:05d}.jpg"), quality=92)
 
 
-def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention: str = "auto") -> float:
+def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention: str = "auto", threads: int = 1) -> float:
     """Seconds for one process to do what the segment job does: read, decode, resize,
-    model, resize back, threshold, PNG-encode and write every image."""
+    model, resize back, threshold, PNG-encode and write every image.
+
+    ``threads``: torch threads, the same as a model actor gets (Ray gives an actor of
+    ``num_cpus=n`` n threads), so the ratio measures the pipeline, not thread counts.
+    """
+    torch.set_num_threads(threads)
     from PIL import Image
 
     from .data.transforms import decode_image, resize_image
@@ -248,7 +253,11 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
 
 def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch_size: int,
                    warmup: int = 1, repeats: int = 3, max_actors: int = 1) -> dict:
-    """Segment job images/s over a local image set divided by the bare loop's, one run."""
+    """Segment job images/s over a local image set divided by the bare loop's.
+
+    ``ratio`` is end to end (start-up included, as a user sees one run); ``steady_ratio``
+    counts from the first results on, when the actors have loaded their models.
+    """
     import ray
 
     from .modeling import build_model
@@ -260,10 +269,14 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
         adapter = os.path.join(tmp, "adapter.safetensors")
         build_model(arch, img_size=img_size).save_adapter(adapter)
 
-        bare = [bare_loop(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size) for i in range(warmup + repeats)][warmup:]
+        threads = int(SegmentConfig.cpus_per_actor)
+        saved = torch.get_num_threads()
+        bare = [bare_loop(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size, threads=threads)
+                for i in range(warmup + repeats)][warmup:]
+        torch.set_num_threads(saved)
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
-        piped = []
+        piped, steady, startup = [], [], []
         for i in range(warmup + repeats):
             cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter,
                                 batch_size=batch_size, max_actors=max_actors)
@@ -271,12 +284,17 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
             if summary.ok != images:
                 raise RuntimeError(f"pipeline segmented {summary.ok} of {images} images")
             piped.append(summary.seconds)
-        piped = piped[warmup:]
+            steady.append(summary.steady_images_per_s or 0.0)
+            startup.append(summary.first_output_s or 0.0)
+        piped, steady, startup = piped[warmup:], steady[warmup:], startup[warmup:]
     bare_ips = images / statistics.median(bare)
     pipe_ips = images / statistics.median(piped)
     return {
         "mode": "pipeline", "arch": arch, "img_size": img_size, "images": images, "scene_size": scene_size,
-        "batch": batch_size, "max_actors": max_actors, "device": _device().type,
+        "batch": batch_size, "max_actors": max_actors, "device": _device().type, "model_threads": threads,
         "bare_images_per_s": bare_ips, "pipeline_images_per_s": pipe_ips, "ratio": pipe_ips / bare_ips,
+        # after the first results: actors up, models loaded
+        "pipeline_startup_s": statistics.median(startup), "steady_images_per_s": statistics.median(steady),
+        "steady_ratio": statistics.median(steady) / bare_ips,
         "bare_s": bare, "pipeline_s": piped,
     }

@@ -431,6 +431,16 @@ class SegmentSummary:
     manifest: str = ""
     output: str = ""
     actors: List[str] = field(default_factory=list)
+    # When the first results reached the driver (start-up: listing, actors, model loading)
+    # and how many rows they were; the rest is the steady-state part of the run.
+    first_output_s: Optional[float] = None
+    first_output_rows: int = 0
+
+    @property
+    def steady_images_per_s(self) -> Optional[float]:
+        if self.first_output_s is None or self.seconds <= self.first_output_s:
+            return None
+        return (self.processed - self.first_output_rows) / (self.seconds - self.first_output_s)
 
     @property
     def failed_total(self) -> int:
@@ -519,6 +529,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             )
 
     actors: Set[str] = set()
+    first_output: Optional[tuple] = None  # (seconds after start, rows) of the first results
     if ds is not None:
         ds = ds.map_batches(
             decode_stage,
@@ -552,6 +563,8 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             batch_format="numpy",
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_output is None:
+                first_output = (time.perf_counter() - t0, len(batch["input_key"]))
             actors.update(a for a in batch["actor"] if a)
             writer.add(batch)
     writer.flush()
@@ -572,6 +585,8 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
         manifest=writer.prefix,
         output=cfg.output,
         actors=sorted(actors),
+        first_output_s=first_output[0] if first_output else None,
+        first_output_rows=first_output[1] if first_output else 0,
     )
 
 
