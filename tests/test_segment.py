@@ -8,7 +8,6 @@ import os
 import tarfile
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image

@@ -19,7 +19,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from ..data import storage
-from .sam_adapter import ADAPTER_PREFIXES, SamAdapter
+from .sam_adapter import SamAdapter
 
 log = logging.getLogger(__name__)
 

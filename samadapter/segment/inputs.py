@@ -11,7 +11,7 @@ import logging
 import posixpath
 import tarfile
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from ..data import storage
 from ..data.records import MANIFEST_NAME

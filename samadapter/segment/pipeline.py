@@ -391,7 +391,7 @@ class ManifestWriter:
         self.pending, self.pending_rows = [], 0
 
 
-def read_manifests(output: str) -> Optional[pa.Table]:
+def read_manifests(output: str, columns: Optional[List[str]] = None) -> Optional[pa.Table]:
     """All manifest rows under ``<output>/manifest`` (unreadable parts are skipped)."""
     fs, path = storage.fsspec_filesystem(storage.join(output, "manifest"))
     if not fs.exists(path):
@@ -402,7 +402,7 @@ def read_manifests(output: str) -> Optional[pa.Table]:
             continue
         try:
             with fs.open(p, "rb") as f:
-                tables.append(pq.read_table(f))
+                tables.append(pq.read_table(f, columns=columns))
         except Exception as exc:  # noqa: BLE001 - a part cut short by a kill
             log.warning("skipping unreadable manifest part %s: %s", p, exc)
     return pa.concat_tables(tables) if tables else None
@@ -410,7 +410,7 @@ def read_manifests(output: str) -> Optional[pa.Table]:
 
 def finished_keys(output: str, fingerprint: str) -> Set[str]:
     """Input keys already segmented (status ok) by the model with this fingerprint."""
-    table = read_manifests(output)
+    table = read_manifests(output, columns=["input_key", "status", "fingerprint"])
     if table is None:
         return set()
     keys, status, fps = table.column("input_key").to_pylist(), table.column("status").to_pylist(), table.column("fingerprint").to_pylist()
