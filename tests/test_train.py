@@ -106,6 +106,13 @@ def test_worker_failure_is_recovered_from_last_checkpoint(ray_local, local_datas
     assert len(_phases(lines, "before training")) == 1
     assert outcome.latest_checkpoint is not None
 
+    # The resolved config is written next to the checkpoints; a checkpoint holds its metrics.
+    written = TrainConfig.from_yaml(str(tmp_path / "runs" / "faulty" / "config.yaml"))
+    assert written.data.dataset == local_dataset and written.run.storage == str(tmp_path / "runs")
+    assert written.optim == cfg.optim and written.model == cfg.model
+    best = json.loads(storage.read_bytes(storage.join(outcome.best_checkpoint, "metrics.json")))
+    assert best["epoch"] in (1, 2, 3) and best["s_measure"] == max(r["s_measure"] for r in _phases(lines, "validation"))
+
 
 def test_resume_flag_without_a_run_is_an_error(ray_local, local_dataset, tmp_path):
     from samadapter.train.config import ConfigError
@@ -113,15 +120,3 @@ def test_resume_flag_without_a_run_is_an_error(ray_local, local_dataset, tmp_pat
 
     with pytest.raises(ConfigError, match="no run 'nothing'"):
         run_training(_config(local_dataset, str(tmp_path), "nothing"), resume=True, progress=False)
-
-
-def test_resolved_config_is_written_next_to_checkpoints(ray_local, local_dataset, tmp_path):
-    from samadapter.train.driver import run_training
-
-    cfg = _config(local_dataset, str(tmp_path / "runs"), "cfgcheck", **{"optim.epochs": 1, "run.workers": 1})
-    outcome = run_training(cfg, progress=False)
-    written = TrainConfig.from_yaml(str(tmp_path / "runs" / "cfgcheck" / "config.yaml"))
-    assert written.data.dataset == local_dataset and written.run.storage == str(tmp_path / "runs")
-    assert written.optim == cfg.optim and written.model == cfg.model
-    best = json.loads(storage.read_bytes(storage.join(outcome.best_checkpoint, "metrics.json")))
-    assert best["epoch"] == 1
