@@ -136,3 +136,23 @@ def iter_decoded_batches(
             log.warning("skipping %s: %s (%s)", bid, status, reason)
         if len(out["image_id"]):
             yield out
+
+
+def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, hflip: bool) -> Dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` stage of training: encoded rows -> images + masks at the
+    model size, randomly flipped when ``hflip``.
+
+    Rows that fail to decode are dropped (and logged): the columns returned all have
+    one entry per good row. It lives here, away from torch, so that Ray's decode tasks
+    import only the data path.
+    """
+    out = decode_records(
+        batch,
+        img_size,
+        resize_mode=resize_mode,
+        with_masks=True,
+        flip_rng=np.random.default_rng() if hflip else None,
+    )
+    for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
+        log.warning("skipping %s: %s (%s)", bid, status, reason)
+    return {"images": out["images"], "masks": out["masks"]}

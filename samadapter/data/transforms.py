@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..modeling.sam_adapter import PIXEL_MEAN, PIXEL_STD
+from ..constants import PIXEL_MEAN, PIXEL_STD
 
 DEFAULT_MAX_PIXELS = 100_000_000
 

@@ -10,11 +10,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import nn
 
+from ..constants import PIXEL_MEAN, PIXEL_STD
+from ..ops import resize_logits
 from .encoder import AdaptedImageEncoder
-
-# SAM's normalization (RGB, 0..255 input).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 # Prefixes of the tensors that are trained and saved in an adapter checkpoint.
 ADAPTER_PREFIXES = ("image_encoder.prompt_generator.", "mask_decoder.")
@@ -54,27 +52,6 @@ class BatchedMaskDecoder(MaskDecoder):
         _, uc, uh, uw = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
         return masks, self.iou_prediction_head(iou_token_out)
-
-
-def resize_logits(
-    logits: torch.Tensor,
-    original_size: Tuple[int, int],
-    valid_size: Optional[Tuple[int, int]] = None,
-) -> torch.Tensor:
-    """Resize B x 1 x S x S logits back to an original image size.
-
-    Args:
-        logits: B x 1 x S x S mask logits from :class:`SamAdapter`.
-        original_size: (H, W) of the original image.
-        valid_size: (h, w) of the region of the S x S input that holds the image when it
-            was padded (longest side resized to S); ``None`` when it was squashed to S x S.
-
-    Returns:
-        B x 1 x H x W logits (bilinear).
-    """
-    if valid_size is not None:
-        logits = logits[..., : valid_size[0], : valid_size[1]]
-    return F.interpolate(logits.float(), size=tuple(original_size), mode="bilinear", align_corners=False)
 
 
 class SamAdapter(nn.Module):

@@ -317,7 +317,7 @@ def postprocess_stage(
     """CPU: logits -> mask at the original size -> PNG objects; returns manifest rows."""
     import torch
 
-    from ..modeling import resize_logits
+    from ..ops import resize_logits
 
     rows = {name: [] for name in MANIFEST_SCHEMA.names}
     logit_threshold = float(np.log(threshold / (1 - threshold)))

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..data import storage
+from ..data.reading import decode_for_training
 from ..data.records import MANIFEST_NAME, read_manifest
 from .config import ConfigError, TrainConfig
-from .loop import ADAPTER_FILE, decode_for_training, read_metrics_lines, train_loop_per_worker
+from .loop import ADAPTER_FILE, read_metrics_lines, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import storage
-from ..data.reading import decode_records, iter_records
+from ..data.reading import iter_records
 from ..data.transforms import decode_sample, prepare_input
 from ..metrics import CODMetrics
 from ..modeling import build_model, resize_logits
@@ -37,25 +37,6 @@ log = logging.getLogger("samadapter.train")
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
-
-
-# ------------------------------------------------------------------ data
-def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, hflip: bool) -> Dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` stage: encoded rows -> images + masks at the model size.
-
-    Rows that fail to decode are dropped (and logged): the columns returned all have
-    one entry per good row.
-    """
-    out = decode_records(
-        batch,
-        img_size,
-        resize_mode=resize_mode,
-        with_masks=True,
-        flip_rng=np.random.default_rng() if hflip else None,
-    )
-    for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
-        logging.getLogger("samadapter.data").warning("skipping %s: %s (%s)", bid, status, reason)
-    return {"images": out["images"], "masks": out["masks"]}
 
 
 # -------------------------------------------------------------- schedule

@@ -1,0 +1,5 @@
+"""Constants shared by the model and the (torch-free) data path."""
+
+# SAM's pixel normalization (RGB, 0..255 input).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)

@@ -1,0 +1,29 @@
+"""Small tensor operations that need torch but not the model (light to import in Ray tasks)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_logits(
+    logits: torch.Tensor,
+    original_size: Tuple[int, int],
+    valid_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
+    """Resize B x 1 x S x S logits back to an original image size.
+
+    Args:
+        logits: B x 1 x S x S mask logits from :class:`samadapter.SamAdapter`.
+        original_size: (H, W) of the original image.
+        valid_size: (h, w) of the region of the S x S input that holds the image when it
+            was padded (longest side resized to S); ``None`` when it was squashed to S x S.
+
+    Returns:
+        B x 1 x H x W logits (bilinear).
+    """
+    if valid_size is not None:
+        logits = logits[..., : valid_size[0], : valid_size[1]]
+    return F.interpolate(logits.float(), size=tuple(original_size), mode="bilinear", align_corners=False)
