@@ -35,6 +35,10 @@ def test_ray_cluster_yaml_validates_against_rays_schema():
         schema = json.load(f)
     config = _ray_cluster()
     jsonschema.validate(config, schema)
+    # and as `ray up` sees it: Ray's AWS defaults filled in, then Ray's own validation
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(_ray_cluster()))
     # the shape the issue asks for
     nodes = config["available_node_types"]
     assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
