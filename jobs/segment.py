@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failed-fraction", type=float, default=0.01, help="exit non-zero above this fraction of failed inputs (default 0.01)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
     p.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
-    p.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast)")
+    p.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast for SAM's 14-token windows, original for tiny)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (slower start, faster steady state on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     return p.parse_args(argv)

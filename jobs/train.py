@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         print(cfg.to_yaml())
         return 0
 
-    from samadapter.train.driver import outcome_json, run_training, summary_table
+    from samadapter.train.driver import run_training, summary_table
 
     try:
         outcome = run_training(cfg, resume=args.resume)
@@ -92,9 +92,6 @@ def main(argv=None) -> int:
     print(f"best adapter:      {outcome.best_adapter}")
     print(f"latest checkpoint: {outcome.latest_checkpoint}")
     print(f"metrics:           {outcome.run_uri}/metrics.jsonl")
-    if os.environ.get("SAMADAPTER_OUTCOME_JSON"):
-        with open(os.environ["SAMADAPTER_OUTCOME_JSON"], "w") as f:
-            f.write(outcome_json(outcome))
     return 0
 
 

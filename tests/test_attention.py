@@ -72,3 +72,11 @@ def test_whole_model_same_outputs_and_keys():
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     with pytest.raises(ValueError, match="choose one of"):
         set_attention(model, "flash")
+
+
+def test_auto_picks_by_window_size():
+    tiny = build_model("tiny")  # 4-token windows
+    vit_b = build_model("vit_b", img_size=64)  # SAM's 14-token windows
+    assert all(type(b.attn) is Attention for b in tiny.image_encoder.blocks)
+    assert all(type(b.attn) is SdpaAttention for b in vit_b.image_encoder.blocks)
+    assert all(type(b.attn) is SdpaAttention for b in build_model("tiny", attention="fast").image_encoder.blocks)

@@ -30,22 +30,6 @@ def test_prompt_width_and_injection_points():
     assert pg.handcrafted_embed.kernel_size == (16, 16) and pg.handcrafted_embed.stride == (16, 16)
 
 
-def test_tiny_is_fast_enough():
-    import time
-
-    torch.set_num_threads(1)
-    model = build_model("tiny").eval()
-    x = torch.randn(2, 3, 256, 256)
-    with torch.no_grad():
-        model(x)
-        t = time.perf_counter()
-        model(x)
-        elapsed = time.perf_counter() - t
-    torch.set_num_threads(2)
-    # The issue asks for "well under a second" on one core; allow slack for a loaded CI box.
-    assert elapsed < 1.0, elapsed
-
-
 def test_wrong_input_shape_is_a_clear_error():
     model = build_model("tiny")
     with pytest.raises(ValueError, match="B x 3 x 256 x 256"):

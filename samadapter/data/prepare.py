@@ -69,11 +69,10 @@ def prepare_dataset(
             if bad is not None:
                 skipped.append({"item": item, "status": bad[0], "reason": bad[1]})
                 continue
-            key = (sample.image_id,)
-            if key in seen:
+            if sample.image_id in seen:
                 skipped.append({"item": item, "status": "duplicate_id", "reason": f"image_id {sample.image_id!r} already written"})
                 continue
-            seen.add(key)
+            seen.add(sample.image_id)
             writer.add(sample)
         writer.extra["description"] = listing.description
         writer.extra["skipped"] = len(skipped)

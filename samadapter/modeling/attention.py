@@ -41,15 +41,24 @@ class SdpaAttention(Attention):
         return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
 
-def set_attention(module: nn.Module, impl: str = "auto") -> str:
+# Windows at least this wide (SAM's real encoders use 14) make the fused path pay off.
+AUTO_FAST_MIN_WINDOW = 14
+
+
+def set_attention(module: nn.Module, impl: str = "auto", window_size: int = AUTO_FAST_MIN_WINDOW) -> str:
     """Switch every SAM ``Attention`` inside ``module`` to ``original`` or ``fast``.
 
-    ``auto`` picks ``fast`` (see ``jobs/benchmark.py model`` for the measurements behind
-    the choice). Returns the implementation in use.
+    ``auto`` picks ``fast`` for windows of 14 tokens and more (vit_b at 1024 on CPU:
+    14.4 s vs 16.4 s per image) and ``original`` for smaller ones, where the fused kernel's
+    overhead dominates (tiny, 4-token windows: 48 ms vs 38 ms per batch of 2 on one core);
+    ``jobs/benchmark.py model`` measures both. Returns the implementation in use.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention {impl!r}: choose one of {ATTENTION_IMPLS}")
-    chosen = "fast" if impl == "auto" else impl
+    if impl == "auto":
+        chosen = "fast" if window_size >= AUTO_FAST_MIN_WINDOW else "original"
+    else:
+        chosen = impl
     cls: Union[type, type] = SdpaAttention if chosen == "fast" else Attention
     for m in module.modules():
         if isinstance(m, Attention):

@@ -194,7 +194,8 @@ def build_model(
         reference_checkpoint: a full state dict saved by the public SAM-Adapter reference
             implementation; switches on ``reference_layout``.
         attention: the encoder's attention path: ``original`` (segment_anything's),
-            ``fast`` (``scaled_dot_product_attention``, same weights) or ``auto`` (fast).
+            ``fast`` (``scaled_dot_product_attention``, same weights) or ``auto`` (fast for
+            SAM's 14-token windows, original for the tiny debug size; see ``set_attention``).
         **overrides: any :class:`ArchConfig` field (img_size, embed_dim, depth, ...).
 
     Returns:
@@ -208,7 +209,7 @@ def build_model(
         overrides["reference_layout"] = True
     cfg = arch_config(arch, **overrides)
     model = build_from_config(cfg)
-    set_attention(model, attention)
+    set_attention(model, attention, cfg.window_size)
     if sam_checkpoint is not None:
         weights.load_sam_checkpoint(model, sam_checkpoint)
     if reference_checkpoint is not None:

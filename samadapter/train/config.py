@@ -34,7 +34,8 @@ class ModelConfig:
     overrides: Dict[str, Any] = field(default_factory=dict)
     # Checkpoint the frozen encoder blocks' activations; None: on with GPUs, off on CPU.
     activation_checkpointing: Optional[bool] = None
-    # Encoder attention path: original (segment_anything's), fast (SDPA) or auto (fast).
+    # Encoder attention path: original (segment_anything's), fast (SDPA) or auto
+    # (fast for 14-token windows, original for smaller ones).
     attention: str = "auto"
 
     def __post_init__(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -186,18 +185,3 @@ def summary_table(outcome: TrainOutcome) -> str:
         if last is not best:
             rows[f"last (epoch {last['epoch']})"] = last
     return format_table(rows) if rows else "(no validation recorded)"
-
-
-def outcome_json(outcome: TrainOutcome) -> str:
-    return json.dumps(
-        {
-            "run": outcome.run_uri,
-            "resumed": outcome.resumed,
-            "best_checkpoint": outcome.best_checkpoint,
-            "best_adapter": outcome.best_adapter,
-            "latest_checkpoint": outcome.latest_checkpoint,
-            "before": outcome.before,
-            "validations": outcome.validations,
-        },
-        indent=2,
-    )
