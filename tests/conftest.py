@@ -131,3 +131,21 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+def tiny_adapter_and_images(tmp_path, count: int, hw=(40, 50), seed: int = 0):
+    """(adapter path, image folder): a tiny 64-px adapter (seeded base) and ``count`` random PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from samadapter import build_model
+
+    torch.manual_seed(0)
+    adapter = str(tmp_path / "adapter.safetensors")
+    build_model("tiny", img_size=64).save_adapter(adapter)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return adapter, folder

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from samadapter import build_model
+from .conftest import tiny_adapter_and_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,14 +34,7 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
 
     from samadapter.segment.pipeline import SegmentConfig, read_manifests, run_segmentation
 
-    torch.manual_seed(0)
-    adapter = str(tmp_path / "adapter.safetensors")
-    build_model("tiny", img_size=64).save_adapter(adapter)
-    inp = tmp_path / "in"
-    inp.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(inp / f"{i:03d}.png")
+    adapter, inp = tiny_adapter_and_images(tmp_path, 40)
 
     assert ray.cluster_resources().get("GPU") == 2
     assert not torch.cuda.is_available()  # the actors fall back to the CPU

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..data import storage
 from ..data.reading import iter_records
-from ..data.transforms import decode_sample, prepare_input, resized_size
+from ..data.transforms import decode_sample
 from ..metrics import CODMetrics, format_table
 from .pipeline import output_key
 
@@ -68,38 +68,18 @@ def evaluate_checkpoint(
     """Run a checkpoint over a split and score it at the ground truths' original sizes."""
     import torch
 
-    from ..modeling import resize_logits
+    from ..predict import predict_split
     from .pipeline import load_adapter_model, resolve_checkpoint
 
-    model = load_adapter_model(resolve_checkpoint(checkpoint), sam_checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    size = model.img_size
+    model = load_adapter_model(resolve_checkpoint(checkpoint), sam_checkpoint).to(device)
     metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
-    pending = []
-
-    def flush():
-        if not pending:
-            return
-        x = torch.from_numpy(np.stack([p[3] for p in pending])).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
-        for i, (image_id, image, gt, _) in enumerate(pending):
-            valid = resized_size(gt.shape[0], gt.shape[1], size, resize_mode) if resize_mode == "pad" else None
-            prob = torch.sigmoid(resize_logits(logits[i : i + 1], gt.shape, valid))[0, 0].float().cpu().numpy()
-            _score(metrics, per_image, examples, image_id, image, gt, prob, keep_examples)
-        pending.clear()
-
-    for image_id, image_bytes, mask_bytes in _rows(dataset, split):
-        d = decode_sample(image_bytes, mask_bytes, require_mask=True)
-        if not d.ok:
+    for image_id, d, prob in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
+                                           bf16=device.type == "cuda"):
+        if prob is None:
             skipped.append((image_id, f"{d.status}: {d.reason}"))
-            continue
-        x, _, _ = prepare_input(d.image, size, resize_mode)
-        pending.append((image_id, d.image, d.mask, x))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+        else:
+            _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
     return Evaluation(metrics.results(), per_image, skipped, examples)
 
 

@@ -19,16 +19,14 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..data import storage
-from ..data.reading import iter_records
-from ..data.transforms import decode_sample, prepare_input
 from ..metrics import CODMetrics
-from ..modeling import build_model, resize_logits
+from ..modeling import build_model
 from ..modeling import weights as weights_mod
+from ..predict import predict_split
 from .config import TrainConfig
 from .losses import segmentation_loss
 
@@ -61,49 +59,23 @@ def _world() -> tuple:
     return 0, 1
 
 
-def validate(model, cfg: TrainConfig, dataset_uri: str, device: torch.device, bf16: bool) -> Dict[str, float]:
+def validate(model, cfg: TrainConfig, dataset_uri: str, bf16: bool) -> Dict[str, float]:
     """Score the whole validation split at the original ground-truth sizes.
 
     Each worker scores rows ``i`` with ``i % world == rank``; per-image scores are gathered
     so every worker returns the metrics of the whole split.
     """
     rank, world = _world()
-    size = cfg.model.img_size
-    mode = cfg.data.resize_mode
     metrics = CODMetrics()
     bad = 0
-    was_training = model.training
-    model.eval()
-    index = 0
-    pending: List[tuple] = []
-
-    def flush():
-        if not pending:
-            return
-        x = torch.from_numpy(np.stack([p[0] for p in pending])).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        for i, (_, gt, valid) in enumerate(pending):
-            full = resize_logits(logits[i : i + 1], gt.shape, valid if mode == "pad" else None)
-            metrics.add(torch.sigmoid(full)[0, 0].float().cpu().numpy(), gt)
-        pending.clear()
-
-    for records in iter_records(dataset_uri, cfg.data.val_split, columns=["image_id", "image", "mask"], batch_size=32):
-        for image, mask in zip(records["image"], records["mask"]):
-            mine = index % world == rank
-            index += 1
-            if not mine:
-                continue
-            decoded = decode_sample(image, mask, require_mask=True)
-            if not decoded.ok:
-                bad += 1
-                continue
-            x, _, valid = prepare_input(decoded.image, size, mode)
-            pending.append((x, decoded.mask, valid))
-            if len(pending) >= max(1, cfg.optim.batch_size * 2):
-                flush()
-    flush()
-    model.train(was_training)
+    for _, decoded, prob in predict_split(
+        model, dataset_uri, cfg.data.val_split, batch_size=max(1, cfg.optim.batch_size * 2),
+        resize_mode=cfg.data.resize_mode, bf16=bf16, select=lambda i: i % world == rank,
+    ):
+        if prob is None:
+            bad += 1
+        else:
+            metrics.add(prob, decoded.mask)
     scores = metrics.scores
     if world > 1:
         gathered: List[Optional[list]] = [None] * world
@@ -216,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
     dataset_uri = config["dataset"]
 
     if start_epoch == 0:
-        before = validate(model, cfg, dataset_uri, device, bf16)
+        before = validate(model, cfg, dataset_uri, bf16)
         if rank == 0:
             append_metrics_line(run_uri, {"epoch": 0, "phase": "before training", **before})
             log.info("before training: S %.3f  E %.3f  wF %.3f  MAE %.3f", before["s_measure"], before["e_measure"], before["weighted_f"], before["mae"])
@@ -275,7 +247,7 @@ def train_loop_per_worker(config: dict) -> None:
                 log.info("epoch %d: train loss %.4f", epoch + 1, train_loss)
             ray.train.report(record)
             continue
-        record.update(validate(model, cfg, dataset_uri, device, bf16))
+        record.update(validate(model, cfg, dataset_uri, bf16))
         if rank == 0:
             log.info(
                 "epoch %d: train loss %.4f | val S %.3f E %.3f wF %.3f MAE %.3f",
