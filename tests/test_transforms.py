@@ -147,6 +147,25 @@ def test_resize_and_back_to_original_size(mode):
         assert np.allclose(x[:, 40:, :], (0 - np.asarray(T.PIXEL_MEAN).reshape(3, 1, 1)) / np.asarray(T.PIXEL_STD).reshape(3, 1, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("out_size", [(37, 91), (64, 64), (200, 150), (7, 300), (1, 1)])
+@pytest.mark.parametrize("valid", [None, (40, 64)])
+def test_numpy_logit_resize_equals_torch(out_size, valid):
+    """The segment job's torch-free resize is the function training validation uses."""
+    import torch
+
+    from samadapter import resize_logits
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 8, (64, 64)).astype(np.float32)
+    ref = resize_logits(torch.from_numpy(logits)[None, None], out_size, valid)[0, 0].numpy()
+    got = T.resize_logits_numpy(logits, out_size, valid)
+    assert got.shape == ref.shape == out_size and got.dtype == np.float32
+    # float32 rounding in another order of operations: relative to the logits' range
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(logits).max()
+    if min(out_size) > 1:  # the comparison can fail: another input gives other values
+        assert not np.allclose(got, T.resize_logits_numpy(logits[::-1], out_size, valid), atol=1e-2)
+
+
 def test_normalize_matches_sam_constants():
     image = np.full((4, 4, 3), [123.675, 116.28, 103.53], dtype=np.float32).astype(np.uint8)
     x = T.normalize(image)

@@ -205,6 +205,36 @@ def resize_mask(mask: np.ndarray, size: int, mode: str = "squash") -> np.ndarray
     return out
 
 
+def _bilinear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights along one axis, as ``F.interpolate(mode="bilinear",
+    align_corners=False)`` computes them: half-pixel centres, negative positions clamped
+    to 0, no antialiasing."""
+    scale = np.float32(n_in / n_out)  # float32 throughout, like torch's kernel for float32 input
+    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0.astype(np.float32)
+
+
+def resize_logits_numpy(
+    logits: np.ndarray, original_size: Tuple[int, int], valid_size: Optional[Tuple[int, int]] = None
+) -> np.ndarray:
+    """S x S logits -> H x W float32 logits, without torch.
+
+    The same function as :func:`samadapter.resize_logits` (bilinear, ``align_corners=False``,
+    within float rounding; ``tests/test_transforms.py`` compares them), for Ray tasks that
+    should not pay torch's import: the segment job's post-processing.
+    """
+    x = np.asarray(logits, dtype=np.float32)
+    if valid_size is not None:
+        x = x[: valid_size[0], : valid_size[1]]
+    h, w = int(original_size[0]), int(original_size[1])
+    r0, r1, rl = _bilinear_taps(x.shape[0], h)
+    c0, c1, cl = _bilinear_taps(x.shape[1], w)
+    rows = x[r0] * (1.0 - rl)[:, None] + x[r1] * rl[:, None]  # h x w_in
+    return rows[:, c0] * (1.0 - cl)[None, :] + rows[:, c1] * cl[None, :]
+
+
 def normalize(image: np.ndarray) -> np.ndarray:
     """size x size x 3 uint8 -> 3 x size x size float32 with SAM's pixel mean/std.
 

@@ -5,15 +5,16 @@ decode + resize on CPU (its own ``map_batches``) -> :class:`Segmenter` actors, e
 holding one frozen encoder + adapter (``ActorPoolStrategy(min_size, max_size)``, GPUs per
 actor) -> CPU postprocess: logits resized to the original size, thresholded, PNG-encoded
 and written -> manifest rows, streamed back to the driver and written as Parquet parts.
+Decode and postprocess are half-CPU tasks that never import torch.
 
 Output layout under ``--output``::
 
     masks/<key without extension>.png       0/255 mask at the original resolution
     probs/<key without extension>.png       8-bit probability map (--save-probs)
     overlays/<key without extension>.png    image | overlay, side by side (--overlays)
+    manifest/run-<id>/part-NNNNN.parquet    one row per input
 
 (``c.jpg`` and ``c.png`` side by side keep their extension: ``masks/c.jpg.png``.)
-    manifest/run-<id>/part-NNNNN.parquet    one row per input
 
 A rerun with the same model fingerprint skips inputs that already have an ``ok`` row in
 any manifest; ``force`` reprocesses everything.
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..data import storage
-from ..data.transforms import DEFAULT_MAX_PIXELS, RESIZE_MODES, decode_image, resize_image, resized_size
+from ..data.transforms import DEFAULT_MAX_PIXELS, RESIZE_MODES, decode_image, resize_image, resize_logits_numpy, resized_size
 from .inputs import InputListing, is_image_key, list_input, read_objects, tar_members, unsafe_key_reason
 
 log = logging.getLogger(__name__)
@@ -314,11 +315,11 @@ def postprocess_stage(
     save_probs: bool,
     overlays: bool,
 ) -> Dict[str, np.ndarray]:
-    """CPU: logits -> mask at the original size -> PNG objects; returns manifest rows."""
-    import torch
+    """CPU: logits -> mask at the original size -> PNG objects; returns manifest rows.
 
-    from ..ops import resize_logits
-
+    Torch-free (numpy and PIL), like decode: these tasks' worker processes come and go,
+    and each would otherwise pay torch's import (about 2 s of CPU) when it starts.
+    """
     rows = {name: [] for name in MANIFEST_SCHEMA.names}
     logit_threshold = float(np.log(threshold / (1 - threshold)))
     for i, key in enumerate(batch["key"]):
@@ -330,7 +331,7 @@ def postprocess_stage(
             try:
                 size = batch["logits"].shape[-1]
                 valid = resized_size(h, w, size, resize_mode) if resize_mode == "pad" else None
-                full = resize_logits(torch.from_numpy(batch["logits"][i].astype(np.float32))[None, None], (h, w), valid)[0, 0].numpy()
+                full = resize_logits_numpy(batch["logits"][i], (h, w), valid)
                 mask = full > logit_threshold
                 stem = str(batch["out"][i])
                 out_key = output_key("masks", stem)
@@ -561,6 +562,10 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             },
             batch_size=cfg.batch_size,
             batch_format="numpy",
+            # Half a CPU, like decode: a whole-CPU task would wait behind the stream of
+            # half-CPU decode tasks (never a whole CPU free) and results would pile up in
+            # the object store until decoding ended.
+            num_cpus=0.5,
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if first_output is None:
