@@ -6,10 +6,15 @@
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
-its own. `pipeline` divides the segment job's images/s (Ray Data, end to end, model
-loading in the actors included) by a bare single-process loop doing the same work (read,
-decode, resize, model, resize back, threshold, PNG, write) on the same images with the
-same model, batch size and torch threads (those of one model actor). Prints a table with the machine's description and writes JSON.
+its own. `pipeline` divides the segment job's images/s (Ray Data on a started Ray, end to end:
+the actors' start-up and model loading included) by that of a bare single-process
+program doing the same work (import, load the model, then read, decode, resize, model,
+resize back, threshold, PNG, write) on the same images with the same model, batch size
+and torch threads (those of one model actor): `ratio`. It also reports the job against
+the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
+its first results against the loop alone (`steady_ratio`).
+
+Prints a table with the machine's description and writes JSON.
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ def main(argv=None) -> int:
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
                                  max_actors=args.max_actors)]
         cols = ["arch", "img_size", "images", "batch", "device", "model_threads", "bare_images_per_s", "pipeline_images_per_s", "ratio",
-                "pipeline_startup_s", "steady_images_per_s", "steady_ratio"]
+                "bare_startup_s", "pipeline_startup_s", "warm_loop_images_per_s", "ratio_vs_warm_loop",
+                "steady_images_per_s", "steady_ratio"]
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v is not None))
     print(_table(rows, cols))
     out = args.json or f"benchmark-{args.mode}.json"

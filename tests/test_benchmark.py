@@ -29,6 +29,9 @@ def test_pipeline_mode_on_tiny(tmp_path):
                 "--batch-size", "4", "--warmup", "0", "--repeats", "1", timeout=380)
     (row,) = data["results"]
     assert row["images"] == 8 and row["ratio"] > 0 and row["bare_images_per_s"] > 0
+    # the loop's own program pays imports and model load; its loop alone is faster
+    assert row["bare_startup_s"] > 0 and row["warm_loop_images_per_s"] > row["bare_images_per_s"]
+    assert row["ratio_vs_warm_loop"] < row["ratio"]
     assert data["machine"]["torch"]
 
 
