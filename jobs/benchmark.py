@@ -8,8 +8,8 @@ Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
 its own. `pipeline` divides the segment job's images/s (Ray Data on a started Ray, end to end:
 the actors' start-up and model loading included) by that of a bare single-process
-program doing the same work (import, load the model, then read, decode, resize, model,
-resize back, threshold, PNG, write) on the same images with the same model, batch size
+program doing the same work with the job's stage functions but no Ray (import, load the
+model, then read, decode, resize, model, resize back, threshold, PNG, write) on the same images with the same model, batch size
 and torch threads (those of one model actor): `ratio`. It also reports the job against
 the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
 its first results against the loop alone (`steady_ratio`).

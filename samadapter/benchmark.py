@@ -9,7 +9,6 @@ building the model), so that configurations do not see each other's peaks.
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing as mp
 import os
@@ -217,40 +216,32 @@ def _make_images(folder: str, count: int, size: int) -> None:
 
 
 def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention: str = "auto", threads: int = 1) -> float:
-    """Seconds for one process to do what the segment job does: read, decode, resize,
-    model, resize back, threshold, PNG-encode and write every image.
+    """Seconds for one process to do what the segment job does, with the job's own stage
+    functions and defaults but no Ray: read, decode, resize, model, resize back,
+    threshold, PNG-encode and write every image.
 
     ``threads``: torch threads, the same as a model actor gets (Ray gives an actor of
     ``num_cpus=n`` n threads), so the ratio measures the pipeline, not thread counts.
     """
     torch.set_num_threads(threads)
-    from PIL import Image
-
-    from .data.transforms import decode_image, resize_image
-    from .modeling import resize_logits
-    from .segment.pipeline import load_adapter_model
+    from .segment.pipeline import SegmentConfig, decode_stage, load_adapter_model, postprocess_stage, read_stage
 
     device = _device()
     model = load_adapter_model(adapter, None, attention).to(device)
-    size = model.img_size
     names = sorted(os.listdir(folder))
-    os.makedirs(output, exist_ok=True)
     t0 = time.perf_counter()
     for start in range(0, len(names), batch_size):
-        chunk = names[start : start + batch_size]
-        decoded = []
-        for name in chunk:
-            with open(os.path.join(folder, name), "rb") as f:
-                decoded.append(decode_image(f.read()).image)
-        x = torch.from_numpy(np.stack([resize_image(d, size) for d in decoded])).to(device).permute(0, 3, 1, 2).float()
+        keys = np.asarray(names[start : start + batch_size], dtype=object)
+        batch = read_stage({"key": keys, "out": np.asarray([os.path.splitext(k)[0] for k in keys], dtype=object)}, root=folder)
+        batch = decode_stage(batch, img_size=model.img_size, resize_mode=SegmentConfig.resize_mode,
+                             max_pixels=SegmentConfig.max_pixels, keep_bytes=False)
+        x = torch.from_numpy(batch.pop("image")).to(device).permute(0, 3, 1, 2).float()
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(model.normalize(x)).float().cpu()
-        for name, d, lg in zip(chunk, decoded, logits):
-            mask = resize_logits(lg[None], d.shape[:2])[0, 0].numpy() > 0
-            buf = io.BytesIO()
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-            with open(os.path.join(output, os.path.splitext(name)[0] + ".png"), "wb") as f:
-                f.write(buf.getvalue())
+            logits = model(model.normalize(x))[:, 0].float().clamp(-60000, 60000)
+        batch["logits"] = logits.cpu().numpy().astype(np.float16)
+        batch["actor"] = np.asarray([""] * len(keys), dtype=object)
+        postprocess_stage(batch, output=output, fingerprint="", threshold=SegmentConfig.threshold,
+                          resize_mode=SegmentConfig.resize_mode, save_probs=False, overlays=False)
     return time.perf_counter() - t0
 
 
