@@ -224,7 +224,9 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
     ``num_cpus=n`` n threads), so the ratio measures the pipeline, not thread counts.
     """
     torch.set_num_threads(threads)
-    from .segment.pipeline import SegmentConfig, decode_stage, load_adapter_model, postprocess_stage, read_stage
+    from .segment.pipeline import (
+        SegmentConfig, decode_stage, infer_logits, load_adapter_model, postprocess_stage, read_stage,
+    )
 
     device = _device()
     model = load_adapter_model(adapter, None, attention).to(device)
@@ -235,10 +237,7 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
         batch = read_stage({"key": keys, "out": np.asarray([os.path.splitext(k)[0] for k in keys], dtype=object)}, root=folder)
         batch = decode_stage(batch, img_size=model.img_size, resize_mode=SegmentConfig.resize_mode,
                              max_pixels=SegmentConfig.max_pixels, keep_bytes=False)
-        x = torch.from_numpy(batch.pop("image")).to(device).permute(0, 3, 1, 2).float()
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(model.normalize(x))[:, 0].float().clamp(-60000, 60000)
-        batch["logits"] = logits.cpu().numpy().astype(np.float16)
+        batch["logits"] = infer_logits(model, model, batch.pop("image"), device, bf16=device.type == "cuda")
         batch["actor"] = np.asarray([""] * len(keys), dtype=object)
         postprocess_stage(batch, output=output, fingerprint="", threshold=SegmentConfig.threshold,
                           resize_mode=SegmentConfig.resize_mode, save_probs=False, overlays=False)

@@ -247,6 +247,21 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
     return out
 
 
+def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.ndarray:
+    """B x S x S x 3 uint8 model inputs -> B x S x S float16 logits (clamped to float16's
+    range): pinned host memory and a non-blocking copy on GPU, ``inference_mode``, bf16
+    autocast when asked. ``forward`` is ``model`` or its ``torch.compile`` wrapper."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = forward(model.normalize(x))
+    return out[:, 0].float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
+
+
 class Segmenter:
     """Ray Data callable class: one frozen encoder + adapter per actor, built in ``__init__``."""
 
@@ -255,7 +270,6 @@ class Segmenter:
     ):
         import torch
 
-        self.torch = torch
         # Logical GPUs without CUDA (a CPU machine, a simulated cluster): run on the CPU.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_adapter_model(adapter_uri, sam_checkpoint, attention).to(self.device)
@@ -268,19 +282,12 @@ class Segmenter:
         log.info("segmenter %s ready on %s (bf16=%s)", self.actor, self.device, self.bf16)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        torch = self.torch
         t0 = time.perf_counter()
         ok = np.asarray([s == "ok" for s in batch["status"]])
         size = self.model.img_size
         logits = np.zeros((len(ok), size, size), dtype=np.float16)
         if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
-            if self.device.type == "cuda":
-                x = x.pin_memory()
-            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.forward(self.model.normalize(x))
-            logits[ok] = out[:, 0].float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
+            logits[ok] = infer_logits(self.model, self.forward, batch["image"][ok], self.device, self.bf16)
         share = (time.perf_counter() - t0) / max(1, len(ok))
         result = {k: v for k, v in batch.items() if k != "image"}
         result["logits"] = logits
