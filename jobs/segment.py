@@ -4,19 +4,29 @@ With no arguments: segments the embedded default's synthetic test images with th
 latest local-tiny training run (./runs/local-tiny, from `python jobs/train.py`) into
 ./outputs/segment-local-tiny, with overlays.
 
-Nightly, on a cluster:
+Nightly, on a cluster (GPU nodes may be scaled to zero: the actors ask for GPUs, the
+pool is sized by what the cluster can scale to, and its nodes are requested at once):
     ray job submit --working-dir . -- python jobs/segment.py \\
         --input s3://bucket/images/2026-11-29/ --output s3://bucket/masks/ \\
-        --checkpoint s3://bucket/runs/cod10k-vit-h --sam-checkpoint s3://bucket/sam_vit_h_4b8939.pth \\
-        --min-actors 1 --max-actors 8
+        --checkpoint s3://bucket/runs/cod10k-vit-h --sam-checkpoint s3://bucket/sam_vit_h_4b8939.pth
+    ... --input-list s3://inventory/bucket/daily/2026-11-29T01-00Z/manifest.json   (S3 Inventory)
+    ... --dry-run      (plan only: listed, done, known failures, to do; no model is built)
 
-Input: a prefix of images (jpg, jpeg, png, webp, bmp, tif/tiff, gif), a prefix of .tar
-archives (output keys <archive stem>/<member path>), or a Parquet dataset from
-jobs/prepare_data.py (--split). Output: masks/<key>.png at the original size, optional
-probs/ and overlays/, and manifest/run-<id>/*.parquet with one row per input. A rerun
-with the same checkpoint only processes inputs without a finished output (--force:
-all). The exit status is non-zero when more than --max-failed-fraction of the inputs
-failed, or when nothing could be processed.
+Inputs: a prefix of images (listed by parallel Ray tasks), a prefix of .tar archives, a
+Parquet dataset from jobs/prepare_data.py (--split), or --input-list: a Parquet/CSV key
+list (column uri, or key relative to --input-root) or an S3 Inventory manifest.json
+(CSV or Parquet; fields Bucket, Key, Size, ETag, IsLatest, IsDeleteMarker). An input is
+its full URI; outputs mirror its key relative to --input-root (default: the bucket root,
+or the --input folder): masks/<key>.png (1 bit per pixel at the original size), optional
+probs/ and overlays/, and ledger/fingerprint=<model>/*.parquet, one row per input.
+Sidecar files (.json, .txt, _SUCCESS, ...) are skipped, not failures; keys without an
+extension are decoded if their content is an image.
+
+A night processes inputs that no model has segmented yet (same object version) and does
+not retry permanent failures (bad image files): --backfill redoes inputs that only older
+models segmented, --retry-failed retries failures, --force redoes everything. The exit
+status is 1 when more than --max-failed-fraction of tonight's inputs failed or every one
+failed, 0 on a night with nothing new, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from samadapter.cli import doc_parser  # noqa: E402
 
-from samadapter.segment.pipeline import SegmentConfig  # noqa: E402
+from samadapter.segment.run import SegmentConfig  # noqa: E402
 
 DEFAULT_RUN = os.path.join("runs", "local-tiny")
 DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
@@ -38,24 +48,36 @@ DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = doc_parser("segment.py", __doc__)
-    p.add_argument("--input", help="image prefix, .tar prefix or Parquet dataset (URI); default: the embedded synthetic test split")
-    p.add_argument("--output", help=f"output prefix (URI); default {DEFAULT_OUTPUT}")
-    p.add_argument("--checkpoint", help=f"adapter .safetensors, a checkpoint folder, or a training run folder (its best checkpoint); default {DEFAULT_RUN}")
-    p.add_argument("--sam-checkpoint", help="the official SAM weights the adapter was trained on (path or URI)")
-    p.add_argument("--input-format", choices=["auto", "images", "tar", "parquet"], default="auto")
-    p.add_argument("--split", help="split of a Parquet dataset input (default test)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
-    p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1 where the cluster has GPUs, else 0)")
-    p.add_argument("--min-actors", type=int, default=1, help="smallest model actor pool (default 1)")
-    p.add_argument("--max-actors", type=int, default=None, help="largest model actor pool (default: the cluster's GPU count, 1 on CPU)")
-    p.add_argument("--save-probs", action="store_true", help="also write 8-bit probability maps under probs/")
-    p.add_argument("--overlays", action="store_true", help="also write image | overlay pictures under overlays/")
-    p.add_argument("--force", action="store_true", help="reprocess inputs that already have a finished output")
-    p.add_argument("--max-failed-fraction", type=float, default=0.01, help="exit non-zero above this fraction of failed inputs (default 0.01)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
-    p.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
-    p.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast for SAM's 14-token windows, original for tiny)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (slower start, faster steady state on GPU)")
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--input", help="image prefix, .tar prefix or Parquet dataset (URI); default: the embedded synthetic test split")
+    g.add_argument("--input-list", help="key list instead of --input: Parquet/CSV with a uri (or key) column, or an S3 Inventory manifest.json")
+    g.add_argument("--input-root", help="outputs mirror input keys relative to this URI (default: the bucket root of --input, or the --input folder; "
+                   "an inventory's source bucket)")
+    g.add_argument("--input-format", choices=["auto", "images", "tar", "parquet"], default="auto")
+    g.add_argument("--split", help="split of a Parquet dataset input (default test)")
+    g.add_argument("--output", help=f"output prefix (URI); default {DEFAULT_OUTPUT}")
+    g.add_argument("--checkpoint", help=f"adapter .safetensors, a checkpoint folder, or a training run folder (its best checkpoint); default {DEFAULT_RUN}")
+    g.add_argument("--sam-checkpoint", help="the official SAM weights the adapter was trained on (path or URI)")
+    g.add_argument("--save-probs", action="store_true", help="also write 8-bit probability maps under probs/")
+    g.add_argument("--overlays", action="store_true", help="also write image | overlay pictures under overlays/")
+    g = p.add_argument_group("what a night does")
+    g.add_argument("--dry-run", action="store_true", help="plan only and print the table (listed, done, known failures, to do); builds no model")
+    g.add_argument("--backfill", action="store_true", help="also redo inputs that only other (older) models segmented")
+    g.add_argument("--retry-failed", action="store_true", help="retry inputs that failed permanently before (bad image files)")
+    g.add_argument("--force", action="store_true", help="redo every input")
+    g.add_argument("--max-failed-fraction", type=float, default=0.01, help="exit 1 above this fraction of failures among tonight's inputs (default 0.01)")
+    g = p.add_argument_group("model and resources")
+    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="auto (default): GPUs wherever the cluster has or can scale up GPUs, else CPU; cpu: run on CPUs on purpose")
+    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1, or 0 where no GPU can exist)")
+    g.add_argument("--min-actors", type=int, default=1, help="smallest model actor pool (default 1)")
+    g.add_argument("--max-actors", type=int, default=None, help="largest model actor pool (default: the GPUs the cluster can scale to)")
+    g.add_argument("--gpu-wait-minutes", type=float, default=20.0, help="fail if the first GPU nodes are not up after this long (default 20)")
+    g.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
+    g.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
+    g.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
+    g.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast for SAM's 14-token windows, original for tiny)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (slower start, faster steady state on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     return p.parse_args(argv)
 
@@ -63,8 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    embedded = args.input is None and args.checkpoint is None
-    if args.input is None:
+    embedded = args.input is None and args.input_list is None and args.checkpoint is None
+    if args.input is None and args.input_list is None:
         from samadapter.train.config import DataConfig
 
         args.input = DataConfig().dataset_uri()
@@ -85,19 +107,20 @@ def main(argv=None) -> int:
         args.overlays = True
     try:
         cfg = SegmentConfig(
-            input=args.input, output=args.output, checkpoint=args.checkpoint, sam_checkpoint=args.sam_checkpoint,
-            input_format=args.input_format, split=args.split, batch_size=args.batch_size,
-            gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors,
-            save_probs=args.save_probs, overlays=args.overlays, force=args.force,
-            max_failed_fraction=args.max_failed_fraction, threshold=args.threshold, resize_mode=args.resize_mode,
-            attention=args.attention, compile=args.compile,
+            input=args.input, input_list=args.input_list, input_root=args.input_root, output=args.output,
+            checkpoint=args.checkpoint, sam_checkpoint=args.sam_checkpoint, input_format=args.input_format, split=args.split,
+            batch_size=args.batch_size, device=args.device, gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors,
+            max_actors=args.max_actors, gpu_wait_minutes=args.gpu_wait_minutes, save_probs=args.save_probs,
+            overlays=args.overlays, force=args.force, backfill=args.backfill, retry_failed=args.retry_failed,
+            dry_run=args.dry_run, max_failed_fraction=args.max_failed_fraction, threshold=args.threshold,
+            resize_mode=args.resize_mode, attention=args.attention, compile=args.compile,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     from samadapter.modeling.weights import CheckpointError
-    from samadapter.segment.pipeline import run_segmentation
+    from samadapter.segment.run import run_segmentation, summary_lines
 
     try:
         s = run_segmentation(cfg, progress=not args.no_progress)
@@ -105,32 +128,29 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()
-    print(f"model fingerprint {s.fingerprint}, run {s.run_id}")
-    print(f"inputs listed        {s.listed}")
-    print(f"skipped (done)       {s.skipped_done}")
-    print(f"processed            {s.processed}   ({s.images_per_s:.1f} images/s over {s.seconds:.1f} s"
-          + (f"; first results after {s.first_output_s:.1f} s" if s.first_output_s is not None else "") + ")")
-    print(f"  ok                 {s.ok}")
-    for status, n in sorted(s.failed.items()):
-        print(f"  failed: {status:<12} {n}")
+    print("\n".join(summary_lines(s)))
+    if cfg.dry_run:
+        return 0
     print(f"masks:     {cfg.output}/masks/")
     if cfg.save_probs:
         print(f"probs:     {cfg.output}/probs/")
     if cfg.overlays:
         print(f"overlays:  {cfg.output}/overlays/")
-    print(f"manifest:  {s.manifest}/")
+    print(f"ledger:    {cfg.output}/ledger/")
     if s.listed == 0:
-        print(f"error: no inputs under {cfg.input}", file=sys.stderr)
+        print(f"error: no inputs under {cfg.input or cfg.input_list}", file=sys.stderr)
         return 1
-    if s.processed and s.ok == 0 and s.skipped_done == 0:
-        print("error: nothing could be processed: every input failed", file=sys.stderr)
+    if s.todo == 0:
+        print("nothing new tonight: every listed input is already in the ledger")
+        return 0
+    if s.work and s.ok == 0:
+        print(f"error: nothing could be processed: all {s.work} inputs failed", file=sys.stderr)
         return 1
     if s.failed_fraction > cfg.max_failed_fraction:
-        print(f"error: {s.failed_total}/{s.processed} inputs failed ({s.failed_fraction:.1%} > "
+        print(f"error: {s.failed_total}/{s.work} of tonight's inputs failed ({s.failed_fraction:.1%} > "
               f"--max-failed-fraction {cfg.max_failed_fraction:.1%})", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

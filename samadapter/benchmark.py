@@ -224,22 +224,26 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
     ``num_cpus=n`` n threads), so the ratio measures the pipeline, not thread counts.
     """
     torch.set_num_threads(threads)
-    from .segment.pipeline import (
-        SegmentConfig, decode_stage, infer_logits, load_adapter_model, postprocess_stage, read_stage,
-    )
+    from .segment.model import infer_logits, load_adapter_model
+    from .segment.run import SegmentConfig
+    from .segment.stages import decode_stage, postprocess_stage, read_stage
 
     device = _device()
     model = load_adapter_model(adapter, None, attention).to(device)
     names = sorted(os.listdir(folder))
     t0 = time.perf_counter()
     for start in range(0, len(names), batch_size):
-        keys = np.asarray(names[start : start + batch_size], dtype=object)
-        batch = read_stage({"key": keys, "out": np.asarray([os.path.splitext(k)[0] for k in keys], dtype=object)}, root=folder)
+        keys = names[start : start + batch_size]
+        n = len(keys)
+        batch = read_stage({
+            "uri": np.asarray([os.path.join(folder, k) for k in keys], dtype=object), "rel": np.asarray(keys, dtype=object),
+            "version": np.asarray([""] * n, dtype=object), "offset": np.full(n, -1, np.int64), "length": np.full(n, -1, np.int64),
+            "status": np.asarray(["pending"] * n, dtype=object), "reason": np.asarray([""] * n, dtype=object)})
         batch = decode_stage(batch, img_size=model.img_size, resize_mode=SegmentConfig.resize_mode,
                              max_pixels=SegmentConfig.max_pixels, keep_bytes=False)
         batch["logits"] = infer_logits(model, model, batch.pop("image"), device, bf16=device.type == "cuda")
-        batch["actor"] = np.asarray([""] * len(keys), dtype=object)
-        postprocess_stage(batch, output=output, fingerprint="", threshold=SegmentConfig.threshold,
+        batch["actor"] = np.asarray([""] * n, dtype=object)
+        postprocess_stage(batch, output=output, threshold=SegmentConfig.threshold,
                           resize_mode=SegmentConfig.resize_mode, save_probs=False, overlays=False)
     return time.perf_counter() - t0
 
@@ -286,7 +290,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
     import ray
 
     from .modeling import build_model
-    from .segment.pipeline import SegmentConfig, run_segmentation
+    from .segment.run import SegmentConfig, run_segmentation
 
     with tempfile.TemporaryDirectory(prefix="samadapter-bench-") as tmp:
         folder = os.path.join(tmp, "images")
@@ -301,7 +305,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
             ray.init(log_to_driver=False)
         piped, steady, startup = [], [], []
         for i in range(warmup + repeats):
-            cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter,
+            cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter, ledger_rows_per_file=64,
                                 batch_size=batch_size, max_actors=max_actors)
             summary = run_segmentation(cfg, progress=False)
             if summary.ok != images:

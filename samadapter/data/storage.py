@@ -176,3 +176,13 @@ def local_copy(uri: str, folder: Optional[str] = None) -> str:
                 if os.path.exists(tmp):
                     os.remove(tmp)
     return dest
+
+
+def s3_client():
+    """A boto3 S3 client for listings: the endpoint from ``AWS_ENDPOINT_URL``, credentials
+    from the environment or the instance role, adaptive retries (throttling backs off)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=s3_endpoint(),
+                        config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))

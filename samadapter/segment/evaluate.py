@@ -20,7 +20,7 @@ from ..data import storage
 from ..data.reading import iter_records
 from ..data.transforms import decode_sample
 from ..metrics import CODMetrics, format_table
-from .pipeline import output_key
+from .layout import output_key
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def evaluate_checkpoint(
     import torch
 
     from ..predict import predict_split
-    from .pipeline import load_adapter_model, resolve_checkpoint
+    from .model import load_adapter_model, resolve_checkpoint
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_adapter_model(resolve_checkpoint(checkpoint), sam_checkpoint).to(device)

@@ -1,0 +1,378 @@
+"""A night's inputs as a Ray Dataset: listed by parallel tasks, or read from a key list.
+
+Nothing here brings the list of keys to the driver. The driver sees at most the
+sub-prefixes of the input prefix (one level) or the data files of a key list.
+
+Every source ends in the same *input rows* (``INPUT_COLUMNS``):
+
+- ``uri``: the input's full URI (a ``.tar`` member: ``<archive URI>/<member>``),
+- ``rel``: its key relative to the input root (outputs mirror it, ``layout.py``),
+- ``version``: the object's ETag, or ``<size>-<mtime ns>`` (a tar member: its archive's),
+- ``offset``, ``length``: the byte range to read (``-1``: the whole object),
+- ``status``: ``pending`` (an image by its extension), ``sniff`` (no extension: decoded if
+  its content is an image, else ``skipped``), or already final: ``skipped`` (a sidecar
+  such as ``.json``/``.txt``/``.xml``, a hidden file), ``unsafe_key``,
+- ``reason``: why, for final statuses.
+
+Sources:
+
+- a prefix (``list_prefix``): the prefix is listed one level deep by one Ray task (its
+  direct files go straight into a block in the object store, its sub-prefixes come back),
+  then each sub-prefix is listed recursively by its own task with the store's paginated
+  listing (S3 ``ListObjectsV2``, 1,000 keys a request; ``os.scandir`` locally), yielding
+  blocks of ``LIST_BLOCK_ROWS`` keys;
+- a key list (``read_key_list``): Parquet or CSV files with a ``uri`` column (or ``key``,
+  relative to ``--input-root``) and optionally ``version``/``etag`` and ``size``;
+- an S3 Inventory report (``read_key_list`` on its ``manifest.json``): the CSV (gzip) or
+  Parquet data files it names, using the fields ``Bucket``, ``Key`` (URL-encoded in CSV),
+  ``Size``, ``ETag`` (the version; ``LastModifiedDate`` with the size when ETag is not in
+  the report), and ``IsLatest``/``IsDeleteMarker`` when present (only current versions);
+- ``.tar`` archives (``expand_archives``): one row per image member, with its byte range;
+- a Parquet dataset of ``jobs/prepare_data.py`` (``dataset_rows``): the image bytes travel
+  in a ``data`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import tarfile
+from typing import Dict, Iterator, List, Optional, Tuple
+from urllib.parse import unquote_plus
+
+import numpy as np
+import pyarrow as pa
+
+from ..data import storage
+from ..data.sources import IMAGE_EXTENSIONS
+from . import layout
+from .ledger import SKIPPED, UNSAFE_KEY
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+SNIFF = "sniff"
+INPUT_COLUMNS = ("uri", "rel", "version", "offset", "length", "status", "reason")
+LIST_BLOCK_ROWS = 20_000
+INPUT_FORMATS = ("auto", "images", "tar", "parquet")
+_LISTED = pa.schema([("uri", pa.string()), ("version", pa.string())])
+
+
+# ------------------------------------------------------------------ classification
+def unsafe_key_reason(key: str) -> Optional[str]:
+    """Why a relative key may not be used to build an output path (None when it is safe)."""
+    if not key:
+        return "empty key"
+    if key.startswith("/") or key.startswith("\\") or (len(key) > 1 and key[1] == ":"):
+        return "absolute path"
+    parts = key.replace("\\", "/").split("/")
+    if any(p == ".." for p in parts):
+        return "'..' in the key would escape the output prefix"
+    if any(p == "" for p in parts):
+        return "empty path segment (absolute member path or '//')"
+    if any(ord(c) < 32 for c in key):
+        return "control character in the key"
+    return None
+
+
+def is_image_key(key: str) -> bool:
+    return layout.split_extension(key) in IMAGE_EXTENSIONS and not posixpath.basename(key).startswith(".")
+
+
+def classify(rel: Optional[str]) -> Tuple[str, str]:
+    """(status, reason) of an input from its relative key alone."""
+    if rel is None:
+        return UNSAFE_KEY, "not under the input root (--input-root)"
+    why = unsafe_key_reason(rel)
+    if why:
+        return UNSAFE_KEY, why
+    if posixpath.basename(rel).startswith("."):
+        return SKIPPED, "hidden file"
+    ext = layout.split_extension(rel)
+    if ext in IMAGE_EXTENSIONS:
+        return PENDING, ""
+    if ext == "":
+        return SNIFF, ""
+    return SKIPPED, f"not an image (extension {ext})"
+
+
+def to_input_rows(batch: pa.Table, root: str) -> Dict[str, np.ndarray]:
+    """Listed ``uri``/``version`` rows -> input rows (relative key, byte range, status)."""
+    uris = batch.column("uri").to_pylist()
+    versions = batch.column("version").to_pylist() if "version" in batch.column_names else [""] * len(uris)
+    rels, status, reason = [], [], []
+    for uri in uris:
+        rel = layout.relative_key(uri, root)
+        s, r = classify(rel)
+        rels.append(rel or "")
+        status.append(s)
+        reason.append(r)
+    n = len(uris)
+    return {
+        "uri": np.asarray(uris, dtype=object), "rel": np.asarray(rels, dtype=object),
+        "version": np.asarray([v or "" for v in versions], dtype=object),
+        "offset": np.full(n, -1, np.int64), "length": np.full(n, -1, np.int64),
+        "status": np.asarray(status, dtype=object), "reason": np.asarray(reason, dtype=object),
+    }
+
+
+# ------------------------------------------------------------------ prefix listing
+def _entries(uri: str, recursive: bool) -> Iterator[Tuple[str, str, bool]]:
+    """(full URI, version, is_dir) under a prefix, page by page. With ``recursive=False``
+    sub-prefixes come as directories; with ``recursive=True`` only files come."""
+    base = uri.rstrip("/")
+    if storage.scheme(base) in ("s3", "s3a"):
+        bucket, _, key = base.split("://", 1)[1].partition("/")
+        prefix = key + "/" if key else ""
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        if not recursive:
+            kwargs["Delimiter"] = "/"
+        sch = storage.scheme(base)
+        for page in storage.s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for p in page.get("CommonPrefixes", []):
+                yield f"{sch}://{bucket}/{p['Prefix'].rstrip('/')}", "", True
+            for o in page.get("Contents", []):
+                if not o["Key"].endswith("/"):
+                    yield f"{sch}://{bucket}/{o['Key']}", o.get("ETag", "").strip('"'), False
+        return
+    if storage.is_local(base):
+        path = storage.local_path(base)
+        stack = [path]
+        while stack:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        if recursive:
+                            stack.append(e.path)
+                        else:
+                            yield e.path, "", True
+                    elif e.is_file():
+                        st = e.stat()
+                        yield e.path, f"{st.st_size}-{st.st_mtime_ns}", False
+        return
+    fs, path = storage.fsspec_filesystem(base)  # any other fsspec store: its own listing
+    sch = base.split("://", 1)[0]
+    infos = fs.find(path, detail=True) if recursive else {i["name"]: i for i in fs.ls(path, detail=True)}
+    for name, info in infos.items():
+        full = f"{sch}://{name.rstrip('/')}"
+        yield full, str(info.get("ETag", info.get("etag", ""))).strip('"') or f"{info.get('size')}-{info.get('mtime', '')}", info["type"] == "directory"
+
+
+def _table(rows: List[Tuple[str, str]]) -> pa.Table:
+    return pa.table({"uri": pa.array([r[0] for r in rows], pa.string()), "version": pa.array([r[1] for r in rows], pa.string())})
+
+
+def _top_level(uri: str):
+    """One Ray task: (sub-prefixes, table of the files directly under ``uri``)."""
+    dirs, files = [], []
+    for full, version, is_dir in _entries(uri, recursive=False):
+        (dirs if is_dir else files).append(full if is_dir else (full, version))
+    return sorted(dirs), _table(files)
+
+
+def _list_recursive(batch: Dict[str, np.ndarray]) -> Iterator[pa.Table]:
+    """Ray Data stage: one sub-prefix -> blocks of its files (paginated)."""
+    for prefix in batch["prefix"]:
+        rows = []
+        for full, version, _ in _entries(str(prefix), recursive=True):
+            rows.append((full, version))
+            if len(rows) >= LIST_BLOCK_ROWS:
+                yield _table(rows)
+                rows = []
+        if rows:
+            yield _table(rows)
+
+
+def list_prefix(uri: str):
+    """Every object under a prefix as a Dataset of ``uri``/``version``, listed in parallel."""
+    import ray
+    import ray.data
+
+    if storage.is_local(uri) and not os.path.isdir(storage.local_path(uri)):
+        raise FileNotFoundError(f"input {uri} does not exist (or is not a folder)")
+    dirs, files_ref = ray.remote(_top_level).options(num_returns=2, num_cpus=0.25).remote(uri)
+    dirs = ray.get(dirs)  # sub-prefixes only: one level, small
+    ds = ray.data.from_arrow_refs([files_ref])
+    if dirs:
+        sub = ray.data.from_items([{"prefix": d} for d in dirs], override_num_blocks=len(dirs))
+        sub = sub.map_batches(_list_recursive, batch_size=1, batch_format="numpy", num_cpus=0.25)
+        ds = ds.union(sub)
+    return ds
+
+
+# ------------------------------------------------------------------------ key lists
+def read_key_list(uri: str, input_root: Optional[str]):
+    """A key list (Parquet/CSV) or an S3 Inventory ``manifest.json`` -> Dataset of ``uri``/``version``."""
+    import ray.data
+
+    if uri.endswith(".json"):
+        return _read_inventory(uri)
+    fs, path = storage.pyarrow_filesystem(uri)
+    kind = "csv" if any(uri.lower().endswith(e) for e in (".csv", ".csv.gz")) else "parquet"
+    ds = ray.data.read_csv(path, filesystem=fs) if kind == "csv" else ray.data.read_parquet(path, filesystem=fs)
+    names = ds.columns()
+    if "uri" not in names and "key" not in names:
+        raise ValueError(f"key list {uri}: needs a 'uri' column (full URIs) or a 'key' column (relative to --input-root); has {names}")
+    if "uri" not in names and not input_root:
+        raise ValueError(f"key list {uri} has keys relative to a root: pass --input-root")
+    root = (input_root or "").rstrip("/")
+    return ds.map_batches(_normalize_key_list, fn_kwargs={"root": root}, batch_format="pyarrow")
+
+
+def _normalize_key_list(batch: pa.Table, root: str) -> pa.Table:
+    names = batch.column_names
+    uris = batch.column("uri").to_pylist() if "uri" in names else [f"{root}/{k}" for k in batch.column("key").to_pylist()]
+    if "version" in names:
+        versions = [str(v) if v is not None else "" for v in batch.column("version").to_pylist()]
+    elif "etag" in names:
+        versions = [str(v).strip('"') if v is not None else "" for v in batch.column("etag").to_pylist()]
+    elif "size" in names:
+        versions = [str(v) for v in batch.column("size").to_pylist()]
+    else:
+        versions = [""] * len(uris)
+    return pa.table({"uri": pa.array(uris, pa.string()), "version": pa.array(versions, pa.string())})
+
+
+_INVENTORY_FIELDS = {"bucket": "Bucket", "key": "Key", "size": "Size", "last_modified_date": "LastModifiedDate",
+                     "e_tag": "ETag", "is_latest": "IsLatest", "is_delete_marker": "IsDeleteMarker"}
+
+
+def _read_inventory(manifest_uri: str):
+    import pyarrow.csv as pacsv
+    import ray.data
+
+    manifest = json.loads(storage.read_bytes(manifest_uri))
+    fmt = str(manifest.get("fileFormat", "")).lower()
+    dest = str(manifest.get("destinationBucket", "")).rsplit(":", 1)[-1]
+    if not dest or "files" not in manifest:
+        raise ValueError(f"{manifest_uri} is not an S3 Inventory manifest (no destinationBucket/files)")
+    sch = storage.scheme(manifest_uri) or "s3"
+    files = [f"{sch}://{dest}/{f['key']}" for f in manifest["files"]]
+    if not files:
+        import ray.data as rd
+
+        return rd.from_arrow(_table([]))
+    fs, _ = storage.pyarrow_filesystem(files[0])
+    paths = [f.split("://", 1)[1] for f in files]
+    if fmt == "csv":
+        columns = [c.strip() for c in manifest["fileSchema"].split(",")]
+        ds = ray.data.read_csv(paths, filesystem=fs, read_options=pacsv.ReadOptions(column_names=columns),
+                               convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
+                               arrow_open_stream_args={"compression": "gzip"})
+        url_encoded = True
+    elif fmt == "parquet":
+        ds = ray.data.read_parquet(paths, filesystem=fs)
+        url_encoded = False
+    else:
+        raise ValueError(f"S3 Inventory format {manifest.get('fileFormat')!r} is not supported: configure the "
+                         "inventory as CSV or Parquet")
+    return ds.map_batches(_normalize_inventory, fn_kwargs={"scheme": sch, "url_encoded": url_encoded}, batch_format="pyarrow")
+
+
+def _normalize_inventory(batch: pa.Table, scheme: str, url_encoded: bool) -> pa.Table:
+    cols = {}
+    for name in batch.column_names:  # Parquet uses snake_case, CSV the fileSchema's names
+        canon = _INVENTORY_FIELDS.get(name, name)
+        cols[canon] = batch.column(name).to_pylist()
+    n = batch.num_rows
+    keep = [True] * n
+    if "IsLatest" in cols:
+        keep = [k and str(v).lower() != "false" for k, v in zip(keep, cols["IsLatest"])]
+    if "IsDeleteMarker" in cols:
+        keep = [k and str(v).lower() != "true" for k, v in zip(keep, cols["IsDeleteMarker"])]
+    uris, versions = [], []
+    for i in range(n):
+        if not keep[i]:
+            continue
+        key = cols["Key"][i]
+        key = unquote_plus(key) if url_encoded else key
+        if key.endswith("/"):
+            continue  # folder placeholder objects
+        uris.append(f"{scheme}://{cols['Bucket'][i]}/{key}")
+        etag = cols.get("ETag", [None] * n)[i]
+        versions.append(str(etag).strip('"') if etag else f"{cols.get('Size', [''] * n)[i]}-{cols.get('LastModifiedDate', [''] * n)[i]}")
+    return _table(list(zip(uris, versions)))
+
+
+# ---------------------------------------------------------------------- tar archives
+def expand_archives(batch: Dict[str, np.ndarray]) -> Iterator[Dict[str, np.ndarray]]:
+    """Ray Data stage: input rows of ``.tar`` archives -> input rows of their image members
+    (other objects under a prefix of archives are not inputs).
+
+    Only the headers are read here; each member's bytes are read later as a byte range of
+    the archive (``offset``/``length``). WebDataset side files (``.json``, ``.cls``, ...)
+    are not inputs. An archive that cannot be read is one ``read_error`` row.
+    """
+    from .ledger import READ_ERROR
+
+    for i in range(len(batch["uri"])):
+        uri, rel, version = str(batch["uri"][i]), str(batch["rel"][i]), str(batch["version"][i])
+        if not uri.lower().endswith(".tar"):
+            continue
+        out = {c: [] for c in INPUT_COLUMNS}
+
+        def add(u, r, off, length, status, reason=""):
+            for c, v in zip(INPUT_COLUMNS, (u, r, version, off, length, status, reason)):
+                out[c].append(v)
+
+        if batch["status"][i] == UNSAFE_KEY:
+            add(uri, rel, -1, -1, UNSAFE_KEY, str(batch["reason"][i]))
+        else:
+            try:
+                fs, path = storage.fsspec_filesystem(uri)
+                with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                    for m in tar:
+                        if not m.isfile() or not is_image_key(m.name):
+                            continue
+                        name = m.name[2:] if m.name.startswith("./") else m.name
+                        why = unsafe_key_reason(name)
+                        add(layout.member_uri(uri, name), f"{rel}/{name}", m.offset_data, m.size,
+                            UNSAFE_KEY if why else PENDING, why or "")
+            except Exception as exc:  # noqa: BLE001 - an unreadable archive is a row
+                add(uri, rel, -1, -1, READ_ERROR, f"unreadable archive: {type(exc).__name__}: {exc}")
+        yield {c: np.asarray(v, dtype=np.int64 if c in ("offset", "length") else object) for c, v in out.items()}
+
+
+# -------------------------------------------------------------------- Parquet datasets
+def dataset_rows(batch: Dict[str, np.ndarray], dataset_uri: str, split: str) -> Dict[str, np.ndarray]:
+    """Ray Data stage: rows of a prepared dataset -> input rows carrying their bytes (``data``)."""
+    ids = [str(i) for i in batch["image_id"]]
+    n = len(ids)
+    reason = [unsafe_key_reason(i) or "" for i in ids]
+    status = [UNSAFE_KEY if r else PENDING for r in reason]
+    return {
+        "uri": np.asarray([layout.dataset_row_uri(dataset_uri, split, i) for i in ids], dtype=object),
+        "rel": np.asarray(ids, dtype=object), "version": np.asarray([""] * n, dtype=object),
+        "offset": np.full(n, -1, np.int64), "length": np.full(n, -1, np.int64),
+        "status": np.asarray(status, dtype=object), "reason": np.asarray(reason, dtype=object),
+        "data": batch["image"],
+    }
+
+
+def detect_format(uri: str, fmt: str) -> str:
+    """``auto``: ``parquet`` for a prepared dataset, ``tar`` when the prefix's first listed
+    objects are archives and no images, else ``images``."""
+    from ..data.records import MANIFEST_NAME
+
+    if fmt not in INPUT_FORMATS:
+        raise ValueError(f"unknown input format {fmt!r}; choose one of {INPUT_FORMATS}")
+    if fmt in ("auto", "parquet") and storage.exists(storage.join(uri, MANIFEST_NAME)):
+        return "parquet"
+    if fmt == "parquet":
+        raise ValueError(f"{uri} is not a samadapter dataset (no {MANIFEST_NAME})")
+    if fmt != "auto":
+        return fmt
+    fs, path = storage.fsspec_filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input {uri} does not exist")
+    seen = []
+    for full, _, is_dir in _entries(uri, recursive=True):
+        seen.append(full.lower())
+        if len(seen) >= 1000:
+            break  # a sample: the first page
+    tars = any(s.endswith(".tar") for s in seen)
+    images = any(layout.split_extension(s) in IMAGE_EXTENSIONS for s in seen)
+    return "tar" if tars and not images else "images"
+

@@ -1,0 +1,246 @@
+"""The nightly segmentation run: plan on the cluster, then stream inputs through the stages.
+
+inputs (``listing``) -> anti-join with the ledger (``plan``) -> read (I/O tasks) ->
+decode (half-CPU tasks) -> ``model.Segmenter`` actors (one frozen encoder + adapter each,
+``ActorPoolStrategy``, GPUs per ``resources``) -> postprocess (half-CPU tasks: masks
+written) -> ledger files written by the workers (``ledger.write_ledger_stage``). The
+driver holds the plan's counts and a few counts per ledger file; nothing grows with the
+number of inputs. Layout of the outputs: ``layout.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..data import storage
+from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
+from . import ledger, model, plan, resources, stages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentConfig:
+    output: str
+    checkpoint: str
+    input: Optional[str] = None  # a prefix of images or .tar archives, or a Parquet dataset
+    input_list: Optional[str] = None  # a key list (Parquet/CSV) or an S3 Inventory manifest.json
+    input_root: Optional[str] = None  # outputs mirror keys relative to it (default: the bucket root / the folder)
+    sam_checkpoint: Optional[str] = None
+    input_format: str = "auto"
+    split: Optional[str] = None
+    batch_size: int = 4
+    device: str = "auto"  # auto | cuda | cpu
+    gpus_per_actor: Optional[float] = None  # None: 1 where GPUs exist or can be scaled up, else 0
+    min_actors: int = 1
+    max_actors: Optional[int] = None  # None: what the cluster can scale to
+    cpus_per_actor: float = 1.0
+    gpu_wait_minutes: float = 20.0
+    save_probs: bool = False
+    overlays: bool = False
+    force: bool = False
+    backfill: bool = False
+    retry_failed: bool = False
+    dry_run: bool = False
+    max_failed_fraction: float = 0.01
+    threshold: float = 0.5
+    resize_mode: str = "squash"
+    bf16: Optional[bool] = None  # None: on with CUDA
+    attention: str = "auto"
+    compile: bool = False  # torch.compile the model in each actor
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_batch_size: int = 16
+    ledger_rows_per_file: int = 20_000
+
+    def __post_init__(self) -> None:
+        if (self.input is None) == (self.input_list is None):
+            raise ValueError("give exactly one of --input (a prefix or dataset) and --input-list (a key list)")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"--resize-mode {self.resize_mode!r}: choose one of {list(RESIZE_MODES)}")
+        if self.device not in resources.DEVICES:
+            raise ValueError(f"--device {self.device!r}: choose one of {list(resources.DEVICES)}")
+        if self.batch_size < 1 or self.read_batch_size < 1 or self.ledger_rows_per_file < 1:
+            raise ValueError("--batch-size, read batch size and ledger rows per file must be >= 1")
+        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
+            raise ValueError("--min-actors must be >= 1 and --max-actors >= --min-actors")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ValueError("--max-failed-fraction must be in [0, 1]")
+        if not 0 < self.threshold < 1:
+            raise ValueError("--threshold must be in (0, 1)")
+        if self.force and self.backfill:
+            raise ValueError("--force already redoes everything: drop --backfill")
+
+
+@dataclass
+class SegmentSummary:
+    run_id: str
+    fingerprint: str
+    listed: int
+    todo: int
+    counts: Dict[str, int] = field(default_factory=dict)  # tonight's ledger rows by status
+    seconds: float = 0.0
+    output: str = ""
+    checkpoint: str = ""
+    actors: str = ""  # how the pool was sized
+    plan: Dict[str, int] = field(default_factory=dict)  # the dry run's breakdown
+    first_output_s: Optional[float] = None  # when the first ledger file was written
+    first_output_rows: int = 0
+
+    @property
+    def processed(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> int:
+        return self.counts.get(OK, 0)
+
+    @property
+    def skipped(self) -> int:
+        return self.counts.get(ledger.SKIPPED, 0)
+
+    @property
+    def failed(self) -> Dict[str, int]:
+        return {k: v for k, v in self.counts.items() if k in ledger.FAILURES}
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def work(self) -> int:
+        """Tonight's inputs that were meant to be segmented (not skipped sidecars)."""
+        return self.processed - self.skipped
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed_total / self.work if self.work else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> Optional[float]:
+        if self.first_output_s is None or self.seconds <= self.first_output_s:
+            return None
+        return (self.processed - self.first_output_rows) / (self.seconds - self.first_output_s)
+
+
+def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummary:
+    """Plan the night against the ledger and segment what is left (or only plan: ``dry_run``)."""
+    import ray
+    import ray.data
+
+    adapter_uri = model.resolve_checkpoint(cfg.checkpoint)
+    adapter_bytes = storage.read_bytes(adapter_uri)
+    arch = model.adapter_arch(adapter_bytes)
+    fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+
+    t0 = time.perf_counter()
+    modes = plan.Modes(force=cfg.force, backfill=cfg.backfill, retry_failed=cfg.retry_failed)
+    night = plan.plan_night(cfg.input, cfg.input_list, cfg.input_root, cfg.input_format, cfg.split, cfg.output, fingerprint, modes)
+    summary = SegmentSummary(run_id, fingerprint, night.listed, night.todo, output=cfg.output, checkpoint=adapter_uri)
+    log.info("planned in %.1f s: %d inputs listed, %d to do", time.perf_counter() - t0, night.listed, night.todo)
+    if cfg.dry_run:
+        summary.plan = plan.breakdown(night, cfg.output, fingerprint)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    if night.todo == 0:
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    actors = resources.plan_actors(resources.cluster_view(), arch["name"], cfg.device, cfg.gpus_per_actor,
+                                   cfg.min_actors, cfg.max_actors, cfg.cpus_per_actor)
+    summary.actors = f"{actors.min_actors}-{actors.max_actors} actors x {actors.gpus_per_actor:g} GPU ({actors.why})"
+    log.info("model actors: %s", summary.actors)
+    wanted = min(actors.max_actors, max(actors.min_actors, -(-night.todo // (cfg.batch_size * 32))))
+    try:
+        if actors.gpus_per_actor > 0:
+            resources.request_pool(actors, wanted)
+            resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes)
+        _run_pipeline(cfg, night, actors, adapter_uri, int(arch["img_size"]), fingerprint, run_id, summary, t0)
+    finally:
+        if actors.gpus_per_actor > 0:
+            resources.release_pool()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run_pipeline(cfg, night, actors, adapter_uri, img_size, fingerprint, run_id, summary, t0) -> None:
+    import ray.data
+
+    ds = night.todo_ds.map_batches(stages.read_stage, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(
+        stages.decode_stage,
+        fn_kwargs={"img_size": img_size, "resize_mode": cfg.resize_mode, "max_pixels": cfg.max_pixels, "keep_bytes": cfg.overlays},
+        batch_size=cfg.batch_size, batch_format="numpy",
+        # Half a CPU per decode task. The resource shape differs from the model actors',
+        # which keeps Ray Data from fusing decode into them: decode runs in its own tasks
+        # and overlaps with inference.
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        model.Segmenter,
+        fn_constructor_kwargs={"adapter_uri": adapter_uri, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
+                               "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device},
+        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),
+        num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, batch_size=cfg.batch_size, batch_format="numpy",
+    )
+    ds = ds.map_batches(
+        stages.postprocess_stage,
+        fn_kwargs={"output": cfg.output, "threshold": cfg.threshold, "resize_mode": cfg.resize_mode,
+                   "save_probs": cfg.save_probs, "overlays": cfg.overlays},
+        batch_size=cfg.batch_size, batch_format="numpy",
+        # Half a CPU, like decode: a whole-CPU task would wait behind the stream of half-CPU
+        # decode tasks (never a whole CPU free) and results would pile up.
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        ledger.write_ledger_stage,
+        fn_kwargs={"output": cfg.output, "fingerprint": fingerprint, "checkpoint": adapter_uri, "run_id": run_id},
+        batch_size=cfg.ledger_rows_per_file, batch_format="pyarrow", num_cpus=0.25,
+    )
+    counts: Counter = Counter()
+    last_log = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        if rows and summary.first_output_s is None:
+            summary.first_output_s = time.perf_counter() - t0
+            summary.first_output_rows = sum(r["count"] for r in rows)
+        for r in rows:
+            counts[r["status"]] += r["count"]
+        if time.perf_counter() - last_log > 30:
+            done = sum(counts.values())
+            log.info("ledger: %d of %d inputs recorded (%d ok, %d failed)", done, night.todo, counts.get(OK, 0),
+                     sum(v for k, v in counts.items() if k in ledger.FAILURES))
+            last_log = time.perf_counter()
+    summary.counts = dict(counts)
+
+
+def summary_lines(s: SegmentSummary) -> List[str]:
+    """What the job prints at the end."""
+    lines = [f"model fingerprint {s.fingerprint}, run {s.run_id}", f"checkpoint {s.checkpoint}"]
+    if s.plan:
+        width = max(len(k) for k in s.plan)
+        lines += ["", "| plan | inputs |", "|---|---:|"] + [f"| {k:<{width}} | {v} |" for k, v in s.plan.items()]
+        return lines
+    lines += [f"inputs listed        {s.listed}", f"already done         {s.listed - s.todo}", f"to do tonight        {s.todo}"]
+    if s.actors:
+        lines.append(f"model actors         {s.actors}")
+    if s.todo:
+        lines.append(f"recorded             {s.processed}   ({s.images_per_s:.1f} inputs/s over {s.seconds:.1f} s"
+                     + (f"; first ledger file after {s.first_output_s:.1f} s" if s.first_output_s is not None else "") + ")")
+        for status, n in sorted(s.counts.items()):
+            lines.append(f"  {status:<18} {n}")
+    return lines
