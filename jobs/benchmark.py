@@ -3,6 +3,7 @@
     python jobs/benchmark.py model --arch vit_b --img-size 1024 --batch-sizes 1 --attention original fast
     python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
+    python jobs/benchmark.py plan --keys 250000,1000000,4000000
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
@@ -12,7 +13,9 @@ program doing the same work with the job's stage functions but no Ray (import, l
 model, then read, decode, resize, model, resize back, threshold, PNG, write) on the same images with the same model, batch size
 and torch threads (those of one model actor): `ratio`. It also reports the job against
 the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
-its first results against the loop alone (`steady_ratio`).
+its first results against the loop alone (`steady_ratio`). `plan` runs the segment job's
+--dry-run on generated key lists against a ledger of as many rows, one fresh process per
+size: seconds and the driver's peak RSS.
 
 Prints a table with the machine's description and writes JSON.
 """
@@ -54,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--scene-size", type=int, default=320, help="side of the synthetic test images")
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--max-actors", type=int, default=1)
+
+    n = sub.add_parser("plan", parents=[common], help="driver peak RSS and seconds of planning a night (the --dry-run code) by key count")
+    n.add_argument("--keys", default="250000,1000000,4000000", help="comma-separated key counts (default 250000,1000000,4000000)")
+    n.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     return p.parse_args(argv)
 
 
@@ -89,6 +96,11 @@ def main(argv=None) -> int:
         rows = B.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
+    elif args.mode == "plan":
+        from samadapter.plan_benchmark import bench_plan
+
+        rows = bench_plan([int(k) for k in args.keys.split(",")], cpus=args.cpus)
+        cols = ["keys", "seconds", "driver_peak_rss_mib", "to_do", "done"]
     else:
         rows = [B.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,

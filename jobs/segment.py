@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-actors", type=int, default=None, help="largest model actor pool (default: the GPUs the cluster can scale to)")
     g.add_argument("--gpu-wait-minutes", type=float, default=20.0, help="fail if the first GPU nodes are not up after this long (default 20)")
     g.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
+    g.add_argument("--ledger-rows-per-file", type=int, default=20_000,
+                   help="ledger rows per Parquet file written by the workers (default 20000; a killed run redoes at most this many per writer)")
     g.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
     g.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
     g.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast for SAM's 14-token windows, original for tiny)")
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
             overlays=args.overlays, force=args.force, backfill=args.backfill, retry_failed=args.retry_failed,
             dry_run=args.dry_run, max_failed_fraction=args.max_failed_fraction, threshold=args.threshold,
             resize_mode=args.resize_mode, attention=args.attention, compile=args.compile,
+            ledger_rows_per_file=args.ledger_rows_per_file,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,12 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "jobs", "benchmark.py")
 
 
-def _run(tmp_path, *args, timeout=300):
+def _run(tmp_path, *args, timeout=300, head="| arch |"):
     out = tmp_path / "result.json"
     r = subprocess.run([sys.executable, BENCH, *args, "--json", str(out)], capture_output=True, text=True,
                        timeout=timeout, cwd=tmp_path, env=os.environ.copy())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "machine: cpu" in r.stdout and "| arch |" in r.stdout
+    assert "machine: cpu" in r.stdout and head in r.stdout
     return json.loads(out.read_text())
 
 
@@ -43,3 +43,14 @@ def test_model_and_train_step_modes_on_tiny(tmp_path):
     assert len({round(r["gflop_per_image"], 6) for r in data["results"]}) == 1  # same work credited to both paths
     data = _run(tmp_path, "train-step", "--arch", "tiny", "--img-size", "64", "--warmup", "0", "--repeats", "1")
     assert [r["checkpointing"] for r in data["results"]] == [False, True]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_plan_mode(tmp_path):
+    data = _run(tmp_path, "plan", "--keys", "3000,8000", timeout=380, head="| keys |")
+    rows = data["results"]
+    assert [r["keys"] for r in rows] == [3000, 8000]
+    for r in rows:  # half of the keys are in the ledger (another model's rows), half are new
+        assert r["done"] == r["keys"] // 2 and r["to_do"] == r["keys"] - r["keys"] // 2
+        assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0

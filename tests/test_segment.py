@@ -16,7 +16,9 @@ from samadapter import build_model
 from samadapter.data import storage
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
-from samadapter.segment.pipeline import output_key, output_stems, read_manifests, resolve_checkpoint
+from samadapter.segment.layout import output_key
+from samadapter.segment.ledger import read_ledger_table
+from samadapter.segment.model import resolve_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -87,8 +89,8 @@ def mixed_images():
     return out
 
 
-def _manifest_rows(output):
-    table = read_manifests(output)
+def _ledger_rows(output):
+    table = read_ledger_table(output)
     return table.to_pylist() if table is not None else []
 
 
@@ -102,45 +104,51 @@ def test_mixed_bucket_on_s3(s3_server, ray_local, adapter):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     images = mixed_images()
     assert len(images) >= 20
-    for key, (data, _) in images.items():
+    noext = _encode(Image.fromarray(_rgb(25, 35, 30)), "PNG")
+    extra = {"photos/meta.json": b"{}", "_SUCCESS": b"", "labels.txt": b"cat\n", "noext": noext}
+    for key, data in list((k, v[0]) for k, v in images.items()) + list(extra.items()):
         s3.put_object(Bucket="test-bucket", Key=f"in/{key}", Body=data)
     s3.put_object(Bucket="test-bucket", Key="in/sub/../escape.jpg", Body=images["photos/jpg_0.jpg"][0])
     inp, out = "s3://test-bucket/in", "s3://test-bucket/out"
 
     assert _run("--input", inp, "--output", out, "--checkpoint", adapter, "--max-failed-fraction", "0.5", "--save-probs") == 0
-    rows = {r["input_key"]: r for r in _manifest_rows(out)}
-    stems = output_stems(images)
-    assert stems["pic.webp"] == "pic.webp" and stems["pic.bmp"] == "pic.bmp"  # same stem: names kept
-    assert stems["a/b/c.png"] == "a/b/c"
+    rows = {r["uri"]: r for r in _ledger_rows(out)}
+    assert len(rows) == len(images) + len(extra) + 1
     for key, (_, hw) in images.items():
-        row = rows[key]
+        row = rows[f"{inp}/{key}"]
+        assert row["version"]  # the ETag
         if hw is None:
             assert row["status"] != "ok" and row["reason"], row
             continue
         assert row["status"] == "ok", row
         assert (row["height"], row["width"]) == hw
-        assert row["output_key"] == output_key("masks", stems[key])
+        # keys relative to the bucket root, full names kept: c.jpg and c.png never collide
+        assert row["output_key"] == output_key("masks", f"in/{key}") == f"masks/in/{key}.png"
         mask = Image.open(io.BytesIO(storage.read_bytes(f"{out}/{row['output_key']}")))
         assert mask.mode == "L" and (mask.height, mask.width) == hw
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
-        assert storage.exists(f"{out}/{output_key('probs', stems[key])}")
-    assert rows["sub/../escape.jpg"]["status"] == "unsafe_key"
-    assert {rows[k]["status"] for k in ("bad/corrupt.jpg", "bad/empty.jpg", "bad/notes.jpg")} == {rows["bad/corrupt.jpg"]["status"], "zero_bytes", "not_an_image"}
-    assert rows["bad/corrupt.jpg"]["status"] in ("truncated", "corrupt")
+        assert storage.exists(f"{out}/{output_key('probs', 'in/' + key)}")
+    assert rows[f"{inp}/sub/../escape.jpg"]["status"] == "unsafe_key"
+    assert {rows[f"{inp}/bad/{k}"]["status"] for k in ("empty.jpg", "notes.jpg")} == {"zero_bytes", "not_an_image"}
+    assert rows[f"{inp}/bad/corrupt.jpg"]["status"] in ("truncated", "corrupt")
+    # sidecars are skipped (not failures); a key without an extension is sniffed
+    for key in ("photos/meta.json", "_SUCCESS", "labels.txt"):
+        assert rows[f"{inp}/{key}"]["status"] == "skipped", rows[f"{inp}/{key}"]
+    assert rows[f"{inp}/noext"]["status"] == "ok" and rows[f"{inp}/noext"]["height"] == 25
     # nothing was written outside the output prefix
     fs, _ = storage.fsspec_filesystem(out)
     everything = fs.find("test-bucket")
     assert not any("escape" in k for k in everything if not k.startswith("test-bucket/in/"))
-    assert rows["a/b/c.png"]["output_key"] == "masks/a/b/c.png"
 
-    # Under the default --max-failed-fraction (0.01) the bad files fail the job; the rerun
-    # only retries the failed inputs.
-    assert _run("--input", inp, "--output", out, "--checkpoint", adapter) == 1
+    # A quiet night: the permanent failures are not retried, nothing is new: exit 0.
+    assert _run("--input", inp, "--output", out, "--checkpoint", adapter) == 0
+    assert len(_ledger_rows(out)) == len(rows)
+    # --retry-failed retries exactly the failed decodes (all fail again: the gate fails)
+    assert _run("--input", inp, "--output", out, "--checkpoint", adapter, "--retry-failed") == 1
     runs = {}
-    for r in _manifest_rows(out):
-        runs.setdefault(r["input_key"], 0)
-        runs[r["input_key"]] += 1
-    assert runs["photos/jpg_0.jpg"] == 1 and runs["bad/empty.jpg"] == 2
+    for r in _ledger_rows(out):
+        runs[r["uri"]] = runs.get(r["uri"], 0) + 1
+    assert {u for u, n in runs.items() if n == 2} == {f"{inp}/bad/{k}" for k in ("corrupt.jpg", "empty.jpg", "notes.jpg")}
 
 
 def _write_local_images(folder, n, start=0):
@@ -150,7 +158,7 @@ def _write_local_images(folder, n, start=0):
 
 
 def test_rerun_processes_only_new_images_and_force_all(ray_local, adapter, tmp_path):
-    from samadapter.segment.pipeline import SegmentConfig, run_segmentation
+    from samadapter.segment.run import SegmentConfig, run_segmentation
 
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     _write_local_images(inp, 6)
@@ -159,22 +167,22 @@ def test_rerun_processes_only_new_images_and_force_all(ray_local, adapter, tmp_p
         return run_segmentation(SegmentConfig(input=inp, output=out, checkpoint=adapter, **kw), progress=False)
 
     s = run(batch_size=4)
-    assert (s.listed, s.processed, s.ok, s.skipped_done) == (6, 6, 6, 0)
+    assert (s.listed, s.processed, s.ok, s.todo) == (6, 6, 6, 6)
     first = {k: open(os.path.join(out, "masks", k), "rb").read() for k in os.listdir(os.path.join(out, "masks"))}
     assert len(first) == 6
     s = run()
-    assert (s.processed, s.skipped_done) == (0, 6)
+    assert (s.processed, s.todo, s.listed) == (0, 0, 6)
     _write_local_images(inp, 3, start=6)
     s = run()
-    assert (s.processed, s.skipped_done) == (3, 6)
+    assert (s.processed, s.todo, s.listed) == (3, 3, 9)
     # --force: everything again, one image per model call: the same masks as batches of 4.
     s = run(force=True, batch_size=1)
-    assert (s.processed, s.skipped_done) == (9, 0)
+    assert (s.processed, s.todo) == (9, 9)
     for k, data in first.items():
         assert open(os.path.join(out, "masks", k), "rb").read() == data, k
-    rows = _manifest_rows(out)
+    rows = _ledger_rows(out)
     assert len(rows) == 6 + 3 + 9 and all(r["status"] == "ok" for r in rows)
-    assert len({r["fingerprint"] for r in rows}) == 1
+    assert len({r["fingerprint"] for r in rows}) == 1 and len({r["run_id"] for r in rows}) == 3  # the quiet rerun wrote nothing
     # the CLI says the same: a rerun processes nothing and succeeds
     assert _run("--input", inp, "--output", out, "--checkpoint", adapter) == 0
 
@@ -199,18 +207,21 @@ def test_tar_archives(ray_local, adapter, tmp_path):
     (inp / "shard-a.tar").write_bytes(_tar(a))
     (inp / "shard-b.tar").write_bytes(_tar(b))
     assert _run("--input", str(inp), "--output", out, "--checkpoint", adapter, "--max-failed-fraction", "0.5") == 0
-    rows = {r["input_key"]: r for r in _manifest_rows(out)}
-    assert set(rows) == {"shard-a/0000.jpg", "shard-a/0001.jpg", "shard-a/0002.jpg", "shard-b/dir/x.png", "shard-b/dir/broken.jpg", "shard-b/../evil.jpg"}
-    for key in ("shard-a/0000.jpg", "shard-a/0001.jpg", "shard-a/0002.jpg", "shard-b/dir/x.png"):
+    rows = {r["uri"][len(str(inp)) + 1 :]: r for r in _ledger_rows(out)}
+    members = {"shard-a.tar/0000.jpg", "shard-a.tar/0001.jpg", "shard-a.tar/0002.jpg", "shard-b.tar/dir/x.png",
+               "shard-b.tar/dir/broken.jpg", "shard-b.tar/../evil.jpg"}
+    assert set(rows) == members
+    for key in ("shard-a.tar/0000.jpg", "shard-a.tar/0001.jpg", "shard-a.tar/0002.jpg", "shard-b.tar/dir/x.png"):
         assert rows[key]["status"] == "ok"
+        assert rows[key]["output_key"] == f"masks/{key}.png"
         assert os.path.exists(os.path.join(out, rows[key]["output_key"]))
-    assert rows["shard-a/0002.jpg"]["width"] == 32
-    assert rows["shard-b/dir/broken.jpg"]["status"] in ("truncated", "corrupt", "not_an_image")
-    assert rows["shard-b/../evil.jpg"]["status"] == "unsafe_key"
+    assert rows["shard-a.tar/0002.jpg"]["width"] == 32  # read as its byte range of the archive
+    assert rows["shard-b.tar/dir/broken.jpg"]["status"] in ("truncated", "corrupt", "not_an_image")
+    assert rows["shard-b.tar/../evil.jpg"]["status"] == "unsafe_key"
     assert not (tmp_path / "out" / "evil.png").exists() and not (tmp_path / "evil.png").exists()
-    # rerun: finished members are skipped
-    assert _run("--input", str(inp), "--output", out, "--checkpoint", adapter, "--max-failed-fraction", "1") == 0
-    assert sum(1 for r in _manifest_rows(out) if r["status"] == "ok") == 4
+    # rerun: nothing new, the broken member is not retried
+    assert _run("--input", str(inp), "--output", out, "--checkpoint", adapter) == 0
+    assert len(_ledger_rows(out)) == len(members)
 
 
 def test_parquet_input_and_evaluation(ray_local, adapter, tmp_path):
@@ -218,7 +229,7 @@ def test_parquet_input_and_evaluation(ray_local, adapter, tmp_path):
     prepare_dataset(synthetic_listing(2, 6, size=48, seed=5), data, progress=False)
     out = str(tmp_path / "out")
     assert _run("--input", data, "--split", "test", "--output", out, "--checkpoint", adapter, "--save-probs") == 0
-    rows = _manifest_rows(out)
+    rows = _ledger_rows(out)
     assert len(rows) == 6 and all(r["status"] == "ok" and (r["height"], r["width"]) == (48, 48) for r in rows)
 
     # evaluate the predictions written by the segment job, and the checkpoint directly

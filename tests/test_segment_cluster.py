@@ -32,7 +32,8 @@ def two_gpu_nodes():
 def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     import ray
 
-    from samadapter.segment.pipeline import SegmentConfig, read_manifests, run_segmentation
+    from samadapter.segment.ledger import read_ledger_table
+    from samadapter.segment.run import SegmentConfig, run_segmentation
 
     adapter, inp = tiny_adapter_and_images(tmp_path, 40)
 
@@ -43,8 +44,8 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
                         read_batch_size=2)  # many small bundles, so both actors get work
     summary = run_segmentation(cfg, progress=False)
     assert summary.ok == 40
-    rows = read_manifests(str(tmp_path / "out")).to_pylist()
-    assert sorted(r["input_key"] for r in rows) == sorted(os.listdir(inp))  # each image exactly once
+    rows = read_ledger_table(str(tmp_path / "out")).to_pylist()
+    assert sorted(os.path.basename(r["uri"]) for r in rows) == sorted(os.listdir(inp))  # each image exactly once
     actors = {r["actor"] for r in rows}
     assert len(actors) == 2, actors
     gpu_nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Resources"].get("GPU")}

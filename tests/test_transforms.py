@@ -196,20 +196,23 @@ def test_segment_cpu_stages_run_without_torch(tmp_path):
     program = f"""
 import sys
 import numpy as np
-from samadapter.segment import pipeline as P
-batch = {{"key": np.asarray(["a.png", "missing.png"], dtype=object), "out": np.asarray(["a", "missing"], dtype=object)}}
-batch = P.read_stage(batch, root={str(tmp_path)!r})
+from samadapter.segment import stages as P
+root = {str(tmp_path)!r}
+batch = {{"uri": np.asarray([root + "/a.png", root + "/missing.png"], dtype=object), "rel": np.asarray(["a.png", "missing.png"], dtype=object),
+          "version": np.asarray(["", ""], dtype=object), "offset": np.asarray([-1, -1]), "length": np.asarray([-1, -1]),
+          "status": np.asarray(["pending", "pending"], dtype=object), "reason": np.asarray(["", ""], dtype=object)}}
+batch = P.read_stage(batch)
 batch = P.decode_stage(batch, img_size=32, resize_mode="pad", max_pixels=10**7, keep_bytes=True)
 batch.pop("image")
 batch["logits"] = np.where(np.arange(32)[None, None, :] < 16, 5.0, -5.0).repeat(2, 0).repeat(32, 1).astype(np.float16)
 batch["actor"] = np.asarray(["x", ""], dtype=object)
-rows = P.postprocess_stage(batch, output={str(tmp_path / "out")!r}, fingerprint="f", threshold=0.5,
+rows = P.postprocess_stage(batch, output={str(tmp_path / "out")!r}, threshold=0.5,
                            resize_mode="pad", save_probs=True, overlays=True)
 print(list(rows["status"]), "torch" in sys.modules)
 """
     r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["['ok',", "'read_error']", "False"]
-    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png.png"))
     # the left half of the padded input's logits is positive: the left part of the image
     assert mask.shape == (30, 50) and mask[:, :20].all() and not mask[:, 30:].any()

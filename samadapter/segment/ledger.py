@@ -145,7 +145,7 @@ def read_ledger(output: str, columns, uri_prefix: Optional[str] = None):
     if not storage.exists(uri):
         return None
     fs, path = storage.pyarrow_filesystem(uri)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=list(columns))
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(list(columns))
     if uri_prefix:
         ds = ds.filter(expr=(col("uri") >= lit(uri_prefix)) & (col("uri") < lit(layout.key_upper_bound(uri_prefix))))
     return ds

@@ -13,7 +13,9 @@ from (in order):
 
 ``ActorPlan`` turns that into GPUs per actor and the pool's maximum; ``request_pool`` asks
 the autoscaler for the whole pool at once (``ray.autoscaler.sdk.request_resources``), so
-the nodes boot in parallel instead of one per pool step.
+the nodes boot in parallel instead of one per pool step; the run then starts the pool
+with all of those actors pending (``ActorPoolStrategy(initial_size=...)``), a demand the
+autoscaler keeps seeing whatever else calls ``request_resources``.
 """
 
 from __future__ import annotations
@@ -142,7 +144,11 @@ def plan_actors(view: ClusterView, arch: str, device: str, gpus_per_actor: Optio
 def request_pool(plan: ActorPlan, actors: int) -> None:
     """Ask the autoscaler for ``actors`` model actors' resources at once (nodes boot in parallel)."""
     from ray.autoscaler.sdk import request_resources
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
 
+    # Ray caches which autoscaler a process talks to; a process that connected to another
+    # cluster before (a notebook, a test) would send the request where nobody reads it.
+    is_autoscaler_v2(fetch_from_server=True)
     bundle = {"CPU": plan.cpus_per_actor}
     if plan.gpus_per_actor:
         bundle["GPU"] = plan.gpus_per_actor
@@ -158,8 +164,12 @@ def release_pool() -> None:
         log.warning("could not clear the resource request: %s", exc)
 
 
-def wait_for_gpus(needed: float, minutes: float, poll_s: float = 5.0) -> float:
-    """Wait until the cluster has ``needed`` GPUs; a RuntimeError that says the fix after ``minutes``."""
+def wait_for_gpus(needed: float, minutes: float, refresh=None, poll_s: float = 5.0) -> float:
+    """Wait until the cluster has ``needed`` GPUs; a RuntimeError that says the fix after ``minutes``.
+
+    ``refresh`` is called at every poll: it re-sends the pool's resource request, which
+    other requesters (Ray Data's autoscaling coordinator ticks every 20 s) overwrite.
+    """
     import ray
 
     deadline = time.monotonic() + minutes * 60
@@ -168,6 +178,8 @@ def wait_for_gpus(needed: float, minutes: float, poll_s: float = 5.0) -> float:
         have = float(ray.cluster_resources().get("GPU", 0))
         if have >= needed:
             return have
+        if refresh is not None:
+            refresh()
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"only {have:g} of {needed:g} GPUs came up in {minutes:g} min: check the cluster's GPU node types "

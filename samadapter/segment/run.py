@@ -156,6 +156,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
         summary.plan = plan.breakdown(night, cfg.output, fingerprint)
         summary.seconds = time.perf_counter() - t0
         return summary
+    night.listed_ds = None  # the listing's blocks are no longer needed: free the object store
     if night.todo == 0:
         summary.seconds = time.perf_counter() - t0
         return summary
@@ -168,8 +169,9 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     try:
         if actors.gpus_per_actor > 0:
             resources.request_pool(actors, wanted)
-            resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes)
-        _run_pipeline(cfg, night, actors, adapter_uri, int(arch["img_size"]), fingerprint, run_id, summary, t0)
+            resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes,
+                                    refresh=lambda: resources.request_pool(actors, wanted))
+        _run_pipeline(cfg, night, actors, wanted, adapter_uri, int(arch["img_size"]), fingerprint, run_id, summary, t0)
     finally:
         if actors.gpus_per_actor > 0:
             resources.release_pool()
@@ -177,10 +179,13 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     return summary
 
 
-def _run_pipeline(cfg, night, actors, adapter_uri, img_size, fingerprint, run_id, summary, t0) -> None:
+def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, img_size, fingerprint, run_id, summary, t0) -> None:
     import ray.data
 
-    ds = night.todo_ds.map_batches(stages.read_stage, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=0.25)
+    # Small blocks, so that reads, decodes and model calls spread over every task and actor
+    # (the plan's blocks are up to 20,000 rows); a streaming repartition, nothing is held.
+    ds = night.todo_ds.repartition(target_num_rows_per_block=cfg.read_batch_size)
+    ds = ds.map_batches(stages.read_stage, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(
         stages.decode_stage,
         fn_kwargs={"img_size": img_size, "resize_mode": cfg.resize_mode, "max_pixels": cfg.max_pixels, "keep_bytes": cfg.overlays},
@@ -194,7 +199,7 @@ def _run_pipeline(cfg, night, actors, adapter_uri, img_size, fingerprint, run_id
         model.Segmenter,
         fn_constructor_kwargs={"adapter_uri": adapter_uri, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
                                "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device},
-        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors, initial_size=initial_actors),
         num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, batch_size=cfg.batch_size, batch_format="numpy",
     )
     ds = ds.map_batches(

@@ -1,0 +1,77 @@
+"""Ray heads that tests start, and stop by their own processes (never `ray stop --force`,
+which would stop every Ray on the machine, including ones the tests did not start)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Head:
+    gcs_address: str
+    dashboard: str
+    temp_dir: str
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def pids(self) -> List[int]:
+        """Every process of this head and its nodes: their command lines name its temp dir."""
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if self.temp_dir.encode() in f.read():
+                        out.append(int(pid))
+            except OSError:
+                continue
+        return out
+
+    def stop(self) -> None:
+        for _ in range(3):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(1)
+
+
+def start_head(num_cpus: int = 4, extra_args=(), extra_env=None, port: int = 0) -> Head:
+    """`ray start --head` on loopback with its own temp dir, free ports and token auth."""
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ)
+    env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"})
+    env.update(extra_env or {})
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    # The token every test driver and CLI call finds (~/.ray/auth_token), created once.
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60, check=True)
+    gcs, dash = port or free_port(), free_port()
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+           *extra_args]
+    head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, env)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if r.returncode != 0:
+        head.stop()
+        raise RuntimeError(r.stdout + r.stderr)
+    return head
