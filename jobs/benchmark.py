@@ -3,6 +3,7 @@
     python jobs/benchmark.py model --arch vit_b --img-size 1024 --batch-sizes 1 --attention original fast
     python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
+    python jobs/benchmark.py stages --megapixels 1.2,4.3,12
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
@@ -15,7 +16,8 @@ and torch threads (those of one model actor): `ratio`. It also reports the job a
 the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
 its first results against the loop alone (`steady_ratio`). `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
-size: seconds and the driver's peak RSS.
+size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage of
+the segment job and the bytes between stages, by photo size (one core).
 
 Prints a table with the machine's description and writes JSON.
 """
@@ -58,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--max-actors", type=int, default=1)
 
+    g = sub.add_parser("stages", parents=[common], help="CPU ms per image and bytes between stages of the segment job, by photo size")
+    g.add_argument("--megapixels", default="1.2,4.3,12", help="comma-separated photo sizes (default 1.2,4.3,12)")
+    g.add_argument("--image", default=None, help="a photo to make the test photos from (default: a synthetic scene)")
+    g.add_argument("--resize-mode", default="squash", choices=["squash", "pad"])
+
     n = sub.add_parser("plan", parents=[common], help="driver peak RSS and seconds of planning a night (the --dry-run code) by key count")
     n.add_argument("--keys", default="250000,1000000,4000000", help="comma-separated key counts (default 250000,1000000,4000000)")
     n.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
@@ -96,6 +103,17 @@ def main(argv=None) -> int:
         rows = B.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
+    elif args.mode == "stages":
+        import torch
+
+        from samadapter.stage_benchmark import bench_stages
+
+        torch.set_num_threads(1)
+        rows = bench_stages([float(m) for m in args.megapixels.split(",")], image=args.image,
+                            img_size=args.img_size or 1024, resize_mode=args.resize_mode, repeats=args.repeats or 3)
+        cols = ["megapixels", "cpu_ms_read", "cpu_ms_decode", "cpu_ms_model_input", "cpu_ms_postprocess", "cpu_ms_write",
+                "cpu_ms_total", "encoded_bytes_per_image", "model_input_bytes_per_image", "model_output_bytes_per_image",
+                "mask_png_bytes_per_image"]
     elif args.mode == "plan":
         from samadapter.plan_benchmark import bench_plan
 

@@ -241,10 +241,11 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
             "status": np.asarray(["pending"] * n, dtype=object), "reason": np.asarray([""] * n, dtype=object)})
         batch = decode_stage(batch, img_size=model.img_size, resize_mode=SegmentConfig.resize_mode,
                              max_pixels=SegmentConfig.max_pixels, keep_bytes=False)
-        batch["logits"] = infer_logits(model, model, batch.pop("image"), device, bf16=device.type == "cuda")
+        batch["logits"] = infer_logits(model, model.low_res_logits, batch.pop("image"), device, bf16=device.type == "cuda")
         batch["actor"] = np.asarray([""] * n, dtype=object)
         postprocess_stage(batch, output=output, threshold=SegmentConfig.threshold,
-                          resize_mode=SegmentConfig.resize_mode, save_probs=False, overlays=False)
+                          resize_mode=SegmentConfig.resize_mode, save_probs=False, overlays=False,
+                          img_size=model.img_size)
     return time.perf_counter() - t0
 
 

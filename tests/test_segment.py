@@ -125,8 +125,8 @@ def test_mixed_bucket_on_s3(s3_server, ray_local, adapter):
         # keys relative to the bucket root, full names kept: c.jpg and c.png never collide
         assert row["output_key"] == output_key("masks", f"in/{key}") == f"masks/in/{key}.png"
         mask = Image.open(io.BytesIO(storage.read_bytes(f"{out}/{row['output_key']}")))
-        assert mask.mode == "L" and (mask.height, mask.width) == hw
-        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert mask.mode == "1" and (mask.height, mask.width) == hw  # 1 bit per pixel
+        assert set(np.unique(np.asarray(mask.convert("L")))) <= {0, 255}
         assert storage.exists(f"{out}/{output_key('probs', 'in/' + key)}")
     assert rows[f"{inp}/sub/../escape.jpg"]["status"] == "unsafe_key"
     assert {rows[f"{inp}/bad/{k}"]["status"] for k in ("empty.jpg", "notes.jpg")} == {"zero_bytes", "not_an_image"}

@@ -9,6 +9,7 @@ instance role, never from arguments that end up in configs or logs.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import uuid
@@ -19,6 +20,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 _S3_SCHEMES = ("s3", "s3a")
+S3_RETRIES = {"max_attempts": 10, "mode": "adaptive"}  # botocore retry config, for reads, writes and listings
 
 
 def s3_endpoint() -> Optional[str]:
@@ -62,7 +64,8 @@ def fsspec_filesystem(uri: str, anon: bool = False) -> Tuple[fsspec.AbstractFile
     uri = str(uri)
     sch = scheme(uri)
     if sch in _S3_SCHEMES:
-        kwargs = {"anon": anon}
+        # Adaptive retries (throttling backs off) with more attempts than botocore's default.
+        kwargs = {"anon": anon, "config_kwargs": {"retries": dict(S3_RETRIES)}}
         endpoint = s3_endpoint()
         if endpoint:
             kwargs["client_kwargs"] = {"endpoint_url": endpoint}
@@ -109,9 +112,16 @@ def exists(uri: str) -> bool:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write an object whole: no partial file is ever visible under its final name.
 
-    Local files go to a temporary name in the same folder and are renamed; object stores
-    (S3) publish an object only when its upload completes.
+    Local files go to a temporary name in the same folder and are renamed. S3 objects are
+    one ``PutObject`` (never a multipart upload, whose failed part could leave a published
+    object wrong), with adaptive retries; S3 objects are limited to 5 GB this way.
     """
+    if scheme(uri) in _S3_SCHEMES:
+        bucket, _, key = uri.split("://", 1)[1].partition("/")
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        fs, path = fsspec_filesystem(uri)
+        fs.invalidate_cache(path)  # s3fs caches listings and ETags; this write went around it
+        return
     fs, path = fsspec_filesystem(uri)
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -178,11 +188,15 @@ def local_copy(uri: str, folder: Optional[str] = None) -> str:
     return dest
 
 
-def s3_client():
-    """A boto3 S3 client for listings: the endpoint from ``AWS_ENDPOINT_URL``, credentials
-    from the environment or the instance role, adaptive retries (throttling backs off)."""
+@functools.lru_cache(maxsize=None)
+def _cached_client(endpoint, pid):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=s3_endpoint(),
-                        config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries=dict(S3_RETRIES)))
+
+
+def s3_client():
+    """A boto3 S3 client for listings and whole-object writes: the endpoint from ``AWS_ENDPOINT_URL``, credentials
+    from the environment or the instance role, adaptive retries (throttling backs off)."""
+    return _cached_client(s3_endpoint(), os.getpid())  # one per process (clients are thread-safe)

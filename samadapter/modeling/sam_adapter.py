@@ -163,16 +163,21 @@ class SamAdapter(nn.Module):
         )
         return masks[:, :1]  # multimask_output=False: the first mask token
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S normalized images -> B x 1 x S x S mask logits."""
+    def low_res_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S normalized images -> B x 1 x S/4 x S/4 mask logits (the decoder's own
+        resolution: 256 x 256 for a 1024 input); ``forward`` upsamples them to S x S."""
         s = self.img_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (s, s):
             raise ValueError(
                 f"expected images of shape B x 3 x {s} x {s} (normalized), got {tuple(images.shape)}; "
                 "resize with samadapter.data.transforms first"
             )
-        low_res = self.decode(self.image_encoder(images))
-        return F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)
+        return self.decode(self.image_encoder(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S normalized images -> B x 1 x S x S mask logits."""
+        s = self.img_size
+        return F.interpolate(self.low_res_logits(images), size=(s, s), mode="bilinear", align_corners=False)
 
     @staticmethod
     def resize_logits(

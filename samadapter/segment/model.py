@@ -84,9 +84,10 @@ def load_adapter_model(adapter_uri: str, sam_checkpoint: Optional[str], attentio
 
 
 def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.ndarray:
-    """B x S x S x 3 uint8 model inputs -> B x S x S float16 logits (clamped to float16's
-    range): pinned host memory and a non-blocking copy on GPU, ``inference_mode``, bf16
-    autocast when asked. ``forward`` is ``model`` or its ``torch.compile`` wrapper."""
+    """B x S x S x 3 uint8 model inputs -> B x S/4 x S/4 float16 low-resolution logits
+    (clamped to float16's range; 128 KiB an image at S = 1024): pinned host memory and a
+    non-blocking copy on GPU, ``inference_mode``, bf16 autocast when asked. ``forward`` is
+    ``model.low_res_logits`` or its ``torch.compile`` wrapper."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(images))
@@ -124,7 +125,7 @@ class Segmenter:
         else:
             self.device = torch.device("cuda")
         self.model = load_adapter_model(adapter_uri, sam_checkpoint, attention).to(self.device)
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = torch.compile(self.model.low_res_logits) if compile else self.model.low_res_logits
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bool(bf16)
         self.actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
         log.info("segmenter %s ready on %s (bf16=%s)", self.actor, self.device, self.bf16)
@@ -132,7 +133,7 @@ class Segmenter:
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         t0 = time.perf_counter()
         ok = np.asarray([s == "ok" for s in batch["status"]], dtype=bool)
-        size = self.model.img_size
+        size = self.model.img_size // 4  # the mask decoder's resolution
         logits = np.zeros((len(ok), size, size), dtype=np.float16)
         if ok.any():
             logits[ok] = infer_logits(self.model, self.forward, batch["image"][ok], self.device, self.bf16)

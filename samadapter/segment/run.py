@@ -205,7 +205,7 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, img_size, fin
     ds = ds.map_batches(
         stages.postprocess_stage,
         fn_kwargs={"output": cfg.output, "threshold": cfg.threshold, "resize_mode": cfg.resize_mode,
-                   "save_probs": cfg.save_probs, "overlays": cfg.overlays},
+                   "save_probs": cfg.save_probs, "overlays": cfg.overlays, "img_size": img_size},
         batch_size=cfg.batch_size, batch_format="numpy",
         # Half a CPU, like decode: a whole-CPU task would wait behind the stream of half-CPU
         # decode tasks (never a whole CPU free) and results would pile up.

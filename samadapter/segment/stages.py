@@ -6,22 +6,25 @@ returns column batches; rows whose status is already final (``skipped``, ``unsaf
 ``read_error``, ...) pass through untouched and become ledger rows at the end.
 
 read:        input rows (``listing.INPUT_COLUMNS``) -> + ``data`` (the encoded bytes)
-decode:      -> ``image`` (S x S x 3 uint8 model input), ``height``/``width`` (original)
-model:       -> ``logits`` (``model.Segmenter``)
-postprocess: -> mask objects written; ledger rows (``ledger.add_row``)
+decode:      -> ``image`` (S x S x 3 uint8 model input; large JPEGs decoded at a reduced
+             DCT scale), ``height``/``width`` (original, from the header)
+model:       -> ``logits`` (``model.Segmenter``: the decoder's S/4 x S/4 float16 logits)
+postprocess: -> 1-bit mask PNGs written; ledger rows (``ledger.add_row``)
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
 
 from ..data import storage
-from ..data.transforms import NOT_AN_IMAGE, OK, ZERO_BYTES, decode_image, resize_image, resize_logits_numpy, resized_size
+from ..data.transforms import (
+    NOT_AN_IMAGE, OK, ZERO_BYTES, decode_image, encode_png, low_res_mask, low_res_probs, resize_for_model, resized_size,
+)
 from . import layout, ledger
 from .listing import PENDING, SNIFF
 
@@ -112,14 +115,14 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
         if status[i] not in _TO_READ:
             continue
         t0 = time.perf_counter()
-        d = decode_image(batch["data"][i], max_pixels=max_pixels)
+        d = decode_image(batch["data"][i], max_pixels=max_pixels, draft_size=(img_size, resize_mode))
         if status[i] == SNIFF and d.status in (NOT_AN_IMAGE, ZERO_BYTES):
             status[i], reason[i] = ledger.SKIPPED, f"not an image (no extension; {d.reason})"
         else:
             status[i], reason[i] = d.status, d.reason
         if d.ok:
-            heights[i], widths[i] = d.image.shape[:2]
-            images[i] = resize_image(d.image, img_size, resize_mode)
+            heights[i], widths[i] = d.original_size
+            images[i] = resize_for_model(d.image, img_size, resize_mode)
         seconds[i] = time.perf_counter() - t0
     out = {k: batch[k] for k in ("uri", "rel", "version")}
     out.update(image=images, height=heights, width=widths, status=np.asarray(status, dtype=object),
@@ -127,14 +130,6 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
     if keep_bytes:
         out["data"] = batch["data"]
     return out
-
-
-def _png(array: np.ndarray, mode: str) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _overlay(data: bytes, mask: np.ndarray) -> np.ndarray:
@@ -146,8 +141,9 @@ def _overlay(data: bytes, mask: np.ndarray) -> np.ndarray:
 
 
 def postprocess_stage(batch: Dict[str, np.ndarray], output: str, threshold: float, resize_mode: str,
-                      save_probs: bool, overlays: bool) -> Dict[str, np.ndarray]:
-    """CPU: logits -> mask at the original size -> PNG objects; returns ledger rows."""
+                      save_probs: bool, overlays: bool, img_size: int) -> Dict[str, np.ndarray]:
+    """CPU: low-resolution logits -> mask at the original size (one resize in C) -> 1-bit
+    PNG (8-bit probabilities with ``save_probs``); returns ledger rows."""
     cols = ledger.empty_rows()
     logit_threshold = float(np.log(threshold / (1 - threshold)))
     for i, uri in enumerate(batch["uri"]):
@@ -157,19 +153,17 @@ def postprocess_stage(batch: Dict[str, np.ndarray], output: str, threshold: floa
         out_key = ""
         if status == OK:
             try:
-                size = batch["logits"].shape[-1]
-                valid = resized_size(h, w, size, resize_mode) if resize_mode == "pad" else None
-                full = resize_logits_numpy(batch["logits"][i], (h, w), valid)
-                mask = full > logit_threshold
+                valid = resized_size(h, w, img_size, resize_mode) if resize_mode == "pad" else None
+                mask = low_res_mask(batch["logits"][i], (h, w), img_size, logit_threshold, valid)
                 rel = str(batch["rel"][i])
                 out_key = layout.output_key(layout.MASKS, rel)
-                storage.write_bytes(storage.join(output, out_key), _png(mask.astype(np.uint8) * 255, "L"))
+                storage.write_bytes(storage.join(output, out_key), encode_png(mask))
                 if save_probs:
-                    prob = (1.0 / (1.0 + np.exp(-full)) * 255).round().astype(np.uint8)
-                    storage.write_bytes(storage.join(output, layout.output_key(layout.PROBS, rel)), _png(prob, "L"))
+                    probs = low_res_probs(batch["logits"][i], (h, w), img_size, valid)
+                    storage.write_bytes(storage.join(output, layout.output_key(layout.PROBS, rel)), encode_png(probs))
                 if overlays:
-                    storage.write_bytes(storage.join(output, layout.output_key(layout.OVERLAYS, rel)),
-                                        _png(_overlay(batch["data"][i], mask), "RGB"))
+                    overlay = _overlay(batch["data"][i], np.asarray(mask, dtype=bool))
+                    storage.write_bytes(storage.join(output, layout.output_key(layout.OVERLAYS, rel)), encode_png(Image.fromarray(overlay)))
             except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
                 status, reason, out_key = ledger.WRITE_ERROR, f"{type(exc).__name__}: {exc}", ""
         ledger.add_row(cols, uri=str(uri), version=str(batch["version"][i]), status=status, reason=reason,
