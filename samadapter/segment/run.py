@@ -182,9 +182,12 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
 def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, img_size, fingerprint, run_id, summary, t0) -> None:
     import ray.data
 
-    # Small blocks, so that reads, decodes and model calls spread over every task and actor
-    # (the plan's blocks are up to 20,000 rows); a streaming repartition, nothing is held.
-    ds = night.todo_ds.repartition(target_num_rows_per_block=cfg.read_batch_size)
+    # Blocks small enough to spread reads, decodes and model calls over every task and
+    # actor (the plan's blocks are up to 20,000 rows), large enough not to drown the
+    # executor in tiny tasks: ~8 per actor, between read_batch_size and 1,024 rows. A
+    # streaming repartition: nothing is held.
+    rows_per_block = min(1024, max(cfg.read_batch_size, -(-night.todo // (8 * actors.max_actors))))
+    ds = night.todo_ds.repartition(target_num_rows_per_block=rows_per_block)
     ds = ds.map_batches(stages.read_stage, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(
         stages.decode_stage,
