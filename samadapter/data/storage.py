@@ -190,13 +190,14 @@ def local_copy(uri: str, folder: Optional[str] = None) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _cached_client(endpoint, pid):
-    import boto3
+    # botocore itself (s3fs's aiobotocore pins its version): boto3 would have to match that pin.
+    import botocore.session
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries=dict(S3_RETRIES)))
+    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint, config=Config(retries=dict(S3_RETRIES)))
 
 
 def s3_client():
-    """A boto3 S3 client for listings and whole-object writes: the endpoint from ``AWS_ENDPOINT_URL``, credentials
+    """A botocore S3 client for listings and whole-object writes: the endpoint from ``AWS_ENDPOINT_URL``, credentials
     from the environment or the instance role, adaptive retries (throttling backs off)."""
     return _cached_client(s3_endpoint(), os.getpid())  # one per process (clients are thread-safe)
