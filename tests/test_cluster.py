@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import sys
 
 import pytest
 import yaml
