@@ -1,5 +1,9 @@
-"""Ray heads that tests start, and stop by their own processes (never `ray stop --force`,
-which would stop every Ray on the machine, including ones the tests did not start)."""
+"""Ray heads that tests start and stop themselves.
+
+A head runs as `ray start --head --block` in a process group of its own, with its own temp
+dir and free ports; stopping it kills that process group (and any straggler whose command
+line names its temp dir), never the CLI's machine-wide stop, which would also stop a
+user's cluster or another test run's."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -28,6 +32,7 @@ class Head:
     dashboard: str
     temp_dir: str
     env: Dict[str, str] = field(default_factory=dict)
+    process: Optional[subprocess.Popen] = None  # `ray start --block`, leader of its process group
 
     def pids(self) -> List[int]:
         """Every process of this head and its nodes: their command lines name its temp dir."""
@@ -44,7 +49,13 @@ class Head:
         return out
 
     def stop(self) -> None:
-        for _ in range(3):
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=30)
+        for _ in range(3):  # processes that left the group (Ray daemonises a few): by temp dir
             pids = self.pids()
             if not pids:
                 return
@@ -66,12 +77,24 @@ def start_head(num_cpus: int = 4, extra_args=(), extra_env=None, port: int = 0) 
     # The token every test driver and CLI call finds (~/.ray/auth_token), created once.
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60, check=True)
     gcs, dash = port or free_port(), free_port()
-    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
            *extra_args]
-    head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, env)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    if r.returncode != 0:
-        head.stop()
-        raise RuntimeError(r.stdout + r.stderr)
+    log = open(os.path.join(temp_dir, "ray-start.log"), "wb")
+    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()  # the child has its own copy
+    head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp_dir, env, process)
+    deadline = time.monotonic() + 180
+    while not all(_listening(p) for p in (gcs, dash)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            head.stop()
+            with open(os.path.join(temp_dir, "ray-start.log"), "rb") as f:
+                raise RuntimeError(f.read().decode(errors="replace")[-4000:])
+        time.sleep(0.5)
     return head
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0

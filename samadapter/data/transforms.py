@@ -77,7 +77,7 @@ def _draft(im: Image.Image, size: int, mode: str) -> Tuple[int, int]:
     """Let a JPEG decode at a reduced scale (DCT domain: 1/2, 1/4, 1/8) that still covers
     what the ``size`` model input needs; returns the upright (H, W) as stored."""
     w, h = im.size
-    orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+    orientation = im.getexif().get(0x0112, 1)
     uh, uw = (w, h) if orientation in _TRANSPOSED else (h, w)
     if im.format == "JPEG":
         rh, rw = resized_size(uh, uw, size, mode)

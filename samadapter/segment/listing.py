@@ -1,7 +1,9 @@
 """A night's inputs as a Ray Dataset: listed by parallel tasks, or read from a key list.
 
-Nothing here brings the list of keys to the driver. The driver sees at most the
-sub-prefixes of the input prefix (one level) or the data files of a key list.
+Nothing here brings the list of keys to the driver; the driver sees at most the data
+files named by a key list or an inventory manifest. The per-key Python work (relative keys,
+classification, key-list normalisation, and ``fs.find`` for stores other than S3 and local
+folders) runs in Ray tasks, one block of at most ``LIST_BLOCK_ROWS`` keys at a time.
 
 Every source ends in the same *input rows* (``INPUT_COLUMNS``):
 
@@ -17,7 +19,7 @@ Every source ends in the same *input rows* (``INPUT_COLUMNS``):
 Sources:
 
 - a prefix (``list_prefix``): the prefix is listed one level deep by one Ray task (its
-  direct files go straight into a block in the object store, its sub-prefixes come back),
+  direct files and its sub-prefixes stay in the object store as two tables),
   then each sub-prefix is listed recursively by its own task with the store's paginated
   listing (S3 ``ListObjectsV2``, 1,000 keys a request; ``os.scandir`` locally), yielding
   blocks of ``LIST_BLOCK_ROWS`` keys;
@@ -165,11 +167,14 @@ def _table(rows: List[Tuple[str, str]]) -> pa.Table:
 
 
 def _top_level(uri: str):
-    """One Ray task: (sub-prefixes, table of the files directly under ``uri``)."""
+    """One Ray task: (table of the sub-prefixes of ``uri``, table of the files directly under it)."""
     dirs, files = [], []
     for full, version, is_dir in _entries(uri, recursive=False):
-        (dirs if is_dir else files).append(full if is_dir else (full, version))
-    return sorted(dirs), _table(files)
+        if is_dir:
+            dirs.append(full)
+        else:
+            files.append((full, version))
+    return pa.table({"prefix": pa.array(sorted(dirs), pa.string())}), _table(files)
 
 
 def _list_recursive(batch: Dict[str, np.ndarray]) -> Iterator[pa.Table]:
@@ -186,20 +191,21 @@ def _list_recursive(batch: Dict[str, np.ndarray]) -> Iterator[pa.Table]:
 
 
 def list_prefix(uri: str):
-    """Every object under a prefix as a Dataset of ``uri``/``version``, listed in parallel."""
+    """Every object under a prefix as a Dataset of ``uri``/``version``, listed in parallel.
+
+    Neither the sub-prefixes nor the files come to the driver: both tables of the top-level
+    task stay in the object store; the sub-prefixes are re-blocked one per block so that
+    each is listed by a task of its own.
+    """
     import ray
     import ray.data
 
     if storage.is_local(uri) and not os.path.isdir(storage.local_path(uri)):
         raise FileNotFoundError(f"input {uri} does not exist (or is not a folder)")
-    dirs, files_ref = ray.remote(_top_level).options(num_returns=2, num_cpus=0.25).remote(uri)
-    dirs = ray.get(dirs)  # sub-prefixes only: one level, small
-    ds = ray.data.from_arrow_refs([files_ref])
-    if dirs:
-        sub = ray.data.from_items([{"prefix": d} for d in dirs], override_num_blocks=len(dirs))
-        sub = sub.map_batches(_list_recursive, batch_size=1, batch_format="numpy", num_cpus=0.25)
-        ds = ds.union(sub)
-    return ds
+    dirs_ref, files_ref = ray.remote(_top_level).options(num_returns=2, num_cpus=0.25).remote(uri)
+    sub = ray.data.from_arrow_refs([dirs_ref]).repartition(target_num_rows_per_block=1)
+    sub = sub.map_batches(_list_recursive, batch_size=1, batch_format="numpy", num_cpus=0.25)
+    return ray.data.from_arrow_refs([files_ref]).union(sub)
 
 
 # ------------------------------------------------------------------------ key lists

@@ -107,14 +107,13 @@ class Segmenter:
     so that a broken GPU node never segments a night on its CPU.
     """
 
-    def __init__(self, adapter_uri: str, sam_checkpoint: Optional[str], bf16: Optional[bool], attention: str = "auto",
-                 compile: bool = False, device: str = "auto"):
+    def __init__(self, adapter_uri: str, arch: str, sam_checkpoint: Optional[str], bf16: Optional[bool],
+                 attention: str = "auto", compile: bool = False, device: str = "auto"):
         import ray
         import torch
 
         gpu_ids = ray.get_gpu_ids()
         if device == "cpu" or not torch.cuda.is_available():
-            arch = adapter_arch(storage.read_bytes(adapter_uri))["name"]
             if gpu_ids and arch != "tiny" and device != "cpu":
                 raise RuntimeError(
                     f"this actor was given GPU(s) {gpu_ids} but torch sees no CUDA device on node "

@@ -171,7 +171,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             resources.request_pool(actors, wanted)
             resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes,
                                     refresh=lambda: resources.request_pool(actors, wanted))
-        _run_pipeline(cfg, night, actors, wanted, adapter_uri, int(arch["img_size"]), fingerprint, run_id, summary, t0)
+        _run_pipeline(cfg, night, actors, wanted, adapter_uri, arch["name"], int(arch["img_size"]), fingerprint, run_id, summary, t0)
     finally:
         if actors.gpus_per_actor > 0:
             resources.release_pool()
@@ -179,7 +179,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     return summary
 
 
-def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, img_size, fingerprint, run_id, summary, t0) -> None:
+def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, img_size, fingerprint, run_id, summary, t0) -> None:
     import ray.data
 
     # Blocks small enough to spread reads, decodes and model calls over every task and
@@ -200,7 +200,7 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, img_size, fin
     )
     ds = ds.map_batches(
         model.Segmenter,
-        fn_constructor_kwargs={"adapter_uri": adapter_uri, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
+        fn_constructor_kwargs={"adapter_uri": adapter_uri, "arch": arch_name, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
                                "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device},
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors, initial_size=initial_actors),
         num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, batch_size=cfg.batch_size, batch_format="numpy",

@@ -38,8 +38,8 @@ def _read(uris: List[str], offsets: List[int], lengths: List[int]) -> List[Tuple
     concurrently where the filesystem can (s3fs)."""
     if not uris:
         return []
-    fs, _ = storage.fsspec_filesystem(uris[0])
-    paths = [storage.fsspec_filesystem(u)[1] for u in uris]
+    fs, _ = storage.fsspec_filesystem(uris[0])  # one filesystem per batch, not per object
+    paths = [u.split("://", 1)[1] if "://" in u else u for u in uris]
     out: List[Tuple[Optional[bytes], str]] = [(None, "")] * len(uris)
     whole = [i for i, o in enumerate(offsets) if o < 0]
     ranged = [i for i, o in enumerate(offsets) if o >= 0]
