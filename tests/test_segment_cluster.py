@@ -31,6 +31,7 @@ def two_gpu_nodes():
 
 def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     import ray
+    import ray.data
 
     from samadapter.segment.ledger import read_ledger_table
     from samadapter.segment.run import SegmentConfig, run_segmentation
@@ -42,7 +43,15 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     cfg = SegmentConfig(input=str(inp), output=str(tmp_path / "out"), checkpoint=adapter,
                         gpus_per_actor=1, min_actors=2, max_actors=2, batch_size=2,
                         read_batch_size=2)  # many small bundles, so both actors get work
-    summary = run_segmentation(cfg, progress=False)
+    # The placement is under test, not start-up timing: with 40 tiny images the first actor
+    # up can finish everything before the second has loaded its model, so the pool starts
+    # work only once both actors are ready.
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120
+    try:
+        summary = run_segmentation(cfg, progress=False)
+    finally:
+        ctx.wait_for_min_actors_s = saved
     assert summary.ok == 40
     rows = read_ledger_table(str(tmp_path / "out")).to_pylist()
     assert sorted(os.path.basename(r["uri"]) for r in rows) == sorted(os.listdir(inp))  # each image exactly once
