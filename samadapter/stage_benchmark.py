@@ -11,11 +11,18 @@ one thread, best of ``repeats``) of:
 - model input: -> 1024 x 1024 x 3 uint8 (``resize_for_model``),
 - postprocess: low-resolution logits -> mask at the original size -> 1-bit PNG,
 - write: the mask PNG written whole (``storage.write_bytes``).
+
+It runs in a fresh process whose native thread pools have one thread
+(``SINGLE_THREADED``), as in the job's tasks: Ray sets ``OMP_NUM_THREADS`` to a task's
+CPUs (1 for the half-CPU stages). Without that, numpy's OpenBLAS threads, still spinning
+after generating the scene, were charged to the first photo size (``time.process_time``
+counts every thread): 1.2 MP read 19 ms instead of 12.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import tempfile
 import time
@@ -46,8 +53,27 @@ def _photo(source: Image.Image, megapixels: float) -> bytes:
     return buf.getvalue()
 
 
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def bench_stages(megapixels: List[float], image: Optional[str] = None, img_size: int = 1024,
                  resize_mode: str = "squash", repeats: int = 3) -> List[dict]:
+    """One row per photo size, measured in a fresh single-threaded process."""
+    saved = {k: os.environ.get(k) for k in SINGLE_THREADED}
+    os.environ.update(SINGLE_THREADED)  # a spawned child reads them before importing numpy
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_bench_stages, (megapixels, image, img_size, resize_mode, repeats))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _bench_stages(megapixels: List[float], image: Optional[str], img_size: int, resize_mode: str,
+                  repeats: int) -> List[dict]:
     from .data.synthetic import make_scene
 
     scene, mask = make_scene(1234, 3, 768)

@@ -54,3 +54,29 @@ def test_plan_mode(tmp_path):
     for r in rows:  # half of the keys are in the ledger (another model's rows), half are new
         assert r["done"] == r["keys"] // 2 and r["to_do"] == r["keys"] - r["keys"] // 2
         assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_stages_mode_reports_each_stage_per_photo_size(tmp_path):
+    data = _run(tmp_path, "stages", "--megapixels", "0.3,1.2", "--repeats", "1", head="| megapixels |")
+    rows = data["results"]
+    assert [round(r["megapixels"], 1) for r in rows] == [0.3, 1.2]
+    for r in rows:
+        stages = [k for k in r if k.startswith("cpu_ms_") and k != "cpu_ms_total"]
+        assert {"cpu_ms_read", "cpu_ms_decode", "cpu_ms_model_input", "cpu_ms_postprocess", "cpu_ms_write"} <= set(stages)
+        assert r["cpu_ms_total"] == pytest.approx(sum(r[k] for k in stages))
+        # the decoder's 256 x 256 float16 logits at a 1024 input: 1/16 of 1024 x 1024 logits
+        assert r["model_output_bytes_per_image"] == 256 * 256 * 2
+        assert r["model_input_bytes_per_image"] == 1024 * 1024 * 3 and 0 < r["mask_png_bytes_per_image"] < r["encoded_bytes_per_image"]
+
+
+@pytest.mark.timeout(120)
+def test_stage_benchmark_leaves_the_callers_environment_alone(monkeypatch):
+    from samadapter.stage_benchmark import SINGLE_THREADED, bench_stages
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    (row,) = bench_stages([0.1], img_size=256, repeats=1)
+    assert row["model_output_bytes_per_image"] == 64 * 64 * 2
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    assert set(SINGLE_THREADED.values()) == {"1"}
