@@ -43,6 +43,23 @@ def test_paper_recipe_values():
     assert (cfg.optim.bce_weight, cfg.optim.iou_weight) == (1.0, 1.0)
 
 
+def test_training_placement_comes_from_the_recipe():
+    """The paper recipe's workers go to A100 nodes only, packed; the local default asks for
+    no accelerator (it runs on CPUs as before)."""
+    from samadapter.train.driver import scaling_config
+
+    sc = scaling_config(TrainConfig.from_yaml(os.path.join(ROOT, "configs", "cod10k-vit-h.yaml")).run)
+    assert sc.accelerator_type == "A100" and sc.placement_strategy == "PACK"
+    assert sc.total_resources["GPU"] == 4 and sc.total_resources["accelerator_type:A100"] > 0
+    local = scaling_config(TrainConfig.from_yaml(os.path.join(ROOT, "configs", "local-tiny.yaml")).run)
+    assert local.accelerator_type is None and not local.use_gpu
+    assert not any(k.startswith("accelerator_type") for k in local.total_resources)
+    with pytest.raises(ConfigError, match="needs GPUs"):
+        TrainConfig().with_overrides(["run.accelerator_type=A100"])
+    with pytest.raises(ConfigError, match="placement_strategy"):
+        TrainConfig().with_overrides(["run.placement_strategy=RANDOM"])
+
+
 def test_overrides_parse_types_and_name_the_fix():
     cfg = TrainConfig().with_overrides(["optim.lr=1e-4", "run.workers=3", "model.overrides.img_size=128", "data.hflip=false"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)

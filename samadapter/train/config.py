@@ -117,6 +117,9 @@ class OptimConfig:
             raise ConfigError("optim.grad_clip must be >= 0 (0 disables clipping)")
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class RunConfig:
     # Run name: checkpoints live in <storage>/<name>; rerunning the same name resumes.
@@ -133,6 +136,13 @@ class RunConfig:
     log_every: int = 10  # steps
     seed: int = 0
     bf16: Optional[bool] = None  # None: bf16 autocast on GPU, fp32 on CPU
+    # GPU model the workers must run on (Ray's accelerator type: A100, H100, A10G, L4, ...):
+    # ties training to the node group that has it (ray_cluster.yaml declares the type on
+    # each GPU node group). None: any GPU node.
+    accelerator_type: Optional[str] = None
+    # Ray placement of the workers' bundles: PACK fills one node before the next (NVLink
+    # within a node); SPREAD puts them on as many nodes as possible.
+    placement_strategy: str = "PACK"
     # Test hook: worker `fail_rank` raises once at the start of this epoch.
     fail_at_epoch: Optional[int] = None
     fail_rank: int = 1
@@ -148,6 +158,10 @@ class RunConfig:
             raise ConfigError(f"run.val_every must be >= 1 epoch, got {self.val_every}")
         if self.log_every < 1:
             raise ConfigError(f"run.log_every must be >= 1 step, got {self.log_every}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"run.placement_strategy {self.placement_strategy!r}: choose one of {list(PLACEMENT_STRATEGIES)}")
+        if self.accelerator_type and not self.use_gpu:
+            raise ConfigError(f"run.accelerator_type {self.accelerator_type!r} needs GPUs: set run.gpus_per_worker > 0")
 
     @property
     def use_gpu(self) -> bool:

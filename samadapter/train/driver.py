@@ -11,6 +11,7 @@ from ..data import storage
 from ..data.reading import decode_for_training
 from ..data.records import MANIFEST_NAME, read_manifest
 from .config import ConfigError, TrainConfig
+from .config import RunConfig as RunSection  # not ray.train.RunConfig
 from .loop import ADAPTER_FILE, read_metrics_lines, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,20 @@ def _run_exists(run_uri: str) -> bool:
     )
 
 
+def scaling_config(run: RunSection):
+    """Ray Train's ScalingConfig from the recipe's ``run`` section: per-worker CPUs and
+    GPUs, the GPU model (``accelerator_type``: Ray adds a tiny ``accelerator_type:<T>``
+    resource to each bundle, which only nodes of that type have) and the bundles'
+    placement strategy."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": run.cpus_per_worker}
+    if run.use_gpu:
+        resources["GPU"] = run.gpus_per_worker
+    return ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker=resources,
+                         accelerator_type=run.accelerator_type, placement_strategy=run.placement_strategy)
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainOutcome:
     """Train with Ray Train as configured; rerunning the same run name resumes it.
 
@@ -72,7 +87,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     import ray
     import ray.data
     import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from ..data.reading import read_split
@@ -121,9 +136,6 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         batch_size=16,
         batch_format="numpy",
     )
-    resources = {"CPU": cfg.run.cpus_per_worker}
-    if cfg.run.use_gpu:
-        resources["GPU"] = cfg.run.gpus_per_worker
     pa_fs, storage_path = storage.pyarrow_filesystem(storage_uri)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -133,12 +145,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
             "run_uri": run_uri,
             "num_train_rows": num_train,
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.run.workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy="SPREAD" if cfg.run.use_gpu else "PACK",
-        ),
+        scaling_config=scaling_config(cfg.run),
         run_config=RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,
