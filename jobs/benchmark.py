@@ -5,6 +5,7 @@
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
     python jobs/benchmark.py stages --megapixels 1.2,4.3,12
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
+    python jobs/benchmark.py train-epoch --workers 2 --train-rows 32 --val-rows 16
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
@@ -65,6 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--image", default=None, help="a photo to make the test photos from (default: a synthetic scene)")
     g.add_argument("--resize-mode", default="squash", choices=["squash", "pad"])
 
+    e = sub.add_parser("train-epoch", parents=[common],
+                       help="seconds per training epoch split into train and validation; validation rows read across workers")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--train-rows", type=int, default=32)
+    e.add_argument("--val-rows", type=int, default=16)
+    e.add_argument("--epochs", type=int, default=2)
+    e.add_argument("--batch-size", type=int, default=4)
+
     n = sub.add_parser("plan", parents=[common], help="driver peak RSS and seconds of planning a night (the --dry-run code) by key count")
     n.add_argument("--keys", default="250000,1000000,4000000", help="comma-separated key counts (default 250000,1000000,4000000)")
     n.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
@@ -114,6 +123,13 @@ def main(argv=None) -> int:
         cols = ["megapixels", "cpu_ms_read", "cpu_ms_decode", "cpu_ms_model_input", "cpu_ms_postprocess", "cpu_ms_write",
                 "cpu_ms_total", "encoded_bytes_per_image", "model_input_bytes_per_image", "model_output_bytes_per_image",
                 "mask_png_bytes_per_image"]
+    elif args.mode == "train-epoch":
+        from samadapter.train_benchmark import bench_train_epoch
+
+        rows = bench_train_epoch(args.arch, args.img_size or 128, args.workers, args.train_rows, args.val_rows,
+                                 args.epochs, args.batch_size)
+        cols = ["epoch", "workers", "train_rows", "val_rows", "val_rows_read", "train_seconds", "val_seconds",
+                "train_images_per_s", "s_measure"]
     elif args.mode == "plan":
         from samadapter.plan_benchmark import bench_plan
 

@@ -27,3 +27,22 @@ def resize_logits(
     if valid_size is not None:
         logits = logits[..., : valid_size[0], : valid_size[1]]
     return F.interpolate(logits.float(), size=tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def to_model_input(images, model) -> torch.Tensor:
+    """B x S x S x 3 uint8 (numpy or tensor, as Ray Data stages ship model inputs) ->
+    B x 3 x S x S float32 on the model's device, normalised there by ``model.normalize``
+    (SAM's pixel mean/std).
+
+    A quarter of float32's bytes cross the object store and the host-to-device copy
+    (pinned, non-blocking on CUDA); padding zeros are normalised like the rest, as
+    ``transforms.normalize`` does. Training, validation and the segment job all use it.
+    """
+    import numpy as np
+
+    device = model.pixel_mean.device
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    return model.normalize(x)

@@ -80,3 +80,14 @@ def test_stage_benchmark_leaves_the_callers_environment_alone(monkeypatch):
     assert row["model_output_bytes_per_image"] == 64 * 64 * 2
     assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENBLAS_NUM_THREADS"] == "2"
     assert set(SINGLE_THREADED.values()) == {"1"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_epoch_mode_reads_each_validation_row_once(tmp_path):
+    data = _run(tmp_path, "train-epoch", "--workers", "2", "--train-rows", "16", "--val-rows", "6", "--epochs", "1",
+                "--img-size", "64", timeout=560, head="| epoch |")
+    rows = data["results"]
+    assert [r["epoch"] for r in rows] == [0, 1]  # before training, then the epoch
+    assert all(r["val_rows_read"] == r["val_rows"] == 6 for r in rows)  # not workers x rows
+    assert rows[1]["train_seconds"] > 0 and all(r["val_seconds"] > 0 for r in rows)

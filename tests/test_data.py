@@ -136,7 +136,7 @@ def test_decoded_batches_without_ray(tmp_path):
     batches = list(iter_decoded_batches(out, "train", batch_size=4, img_size=64))
     assert [len(b["image_id"]) for b in batches] == [4, 2]
     b = batches[0]
-    assert b["images"].shape == (4, 3, 64, 64) and b["masks"].shape == (4, 64, 64)
+    assert b["images"].shape == (4, 64, 64, 3) and b["images"].dtype == np.uint8 and b["masks"].shape == (4, 64, 64)
     assert b["height"].tolist() == [96] * 4
     with pytest.raises(ValueError, match="no split 'val'"):
         list(iter_decoded_batches(out, "val", batch_size=4, img_size=64))

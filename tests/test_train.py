@@ -64,6 +64,8 @@ def test_train_two_workers_on_s3_then_resume(s3_server, ray_local, s3_dataset):
     assert vals[1]["train_loss"] < vals[0]["train_loss"]  # loss decreases
     assert all(v["replicas_in_sync"] for v in vals)
     assert all(v["num_images"] == 8 for v in vals)  # the whole validation split, gathered
+    assert all(v["val_rows_read"] == 8 for v in vals) and outcome.before["val_rows_read"] == 8  # each row once, not 2 x 8
+    assert all(v["train_seconds"] > 0 and v["val_seconds"] > 0 for v in vals)
     assert outcome.before is not None
 
     # Checkpoint, metrics and config land in the bucket.

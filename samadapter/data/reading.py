@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 
 from . import storage
 from .records import COLUMNS, read_manifest, split_uri
-from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_input
+from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_uint8
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def decode_records(
         flip_rng: when given, each row is flipped horizontally with probability 0.5.
 
     Returns:
-        ``image_id`` (N,), ``images`` N x 3 x S x S float32, ``masks`` N x S x S uint8
+        ``image_id`` (N,), ``images`` N x S x S x 3 uint8 (normalised on the device by
+        ``samadapter.ops.to_model_input``), ``masks`` N x S x S uint8
         (with_masks), ``height``/``width`` (N,) original size, ``valid_h``/``valid_w`` (N,),
         and ``bad_id``/``bad_status``/``bad_reason`` for the rows that were dropped.
     """
@@ -90,7 +91,7 @@ def decode_records(
             bad_reason.append(decoded.reason)
             continue
         flip = bool(flip_rng is not None and flip_rng.random() < 0.5)
-        x, y, vs = prepare_input(decoded.image, img_size, resize_mode, decoded.mask if with_masks else None, flip)
+        x, y, vs = prepare_uint8(decoded.image, img_size, resize_mode, decoded.mask if with_masks else None, flip)
         ids.append(str(image_id))
         images.append(x)
         if with_masks:
@@ -101,7 +102,7 @@ def decode_records(
     n = len(ids)
     out = {
         "image_id": np.asarray(ids, dtype=object),
-        "images": np.stack(images) if n else np.zeros((0, 3, img_size, img_size), np.float32),
+        "images": np.stack(images) if n else np.zeros((0, img_size, img_size, 3), np.uint8),
         "height": np.asarray(heights, dtype=np.int32),
         "width": np.asarray(widths, dtype=np.int32),
         "valid_h": np.asarray([v[0] for v in valid], dtype=np.int32),
@@ -156,3 +157,35 @@ def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode
     for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
         log.warning("skipping %s: %s (%s)", bid, status, reason)
     return {"images": out["images"], "masks": out["masks"]}
+
+
+def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str) -> Dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` stage of validation: one output row per input row.
+
+    ``images`` N x S x S x 3 uint8 model inputs, the ground truth at its original size as
+    packed bits (``gt_bits``, ``gt_h``, ``gt_w``: H*W/8 bytes, not H*W), ``valid_h``/``valid_w``
+    for ``pad`` mode, and ``ok``: rows that failed to decode stay (zero image, ``ok`` False)
+    so that validation counts them once instead of losing them.
+    """
+    n = len(batch["image_id"])
+    images = np.zeros((n, img_size, img_size, 3), np.uint8)
+    ok = np.zeros(n, bool)
+    gt_bits: List[bytes] = [b""] * n
+    gt_h, gt_w, valid_h, valid_w = (np.zeros(n, np.int32) for _ in range(4))
+    for i in range(n):
+        decoded = decode_sample(batch["image"][i], batch["mask"][i], require_mask=True)
+        if not decoded.ok:
+            log.warning("validation row %s: %s (%s)", batch["image_id"][i], decoded.status, decoded.reason)
+            continue
+        images[i], _, (valid_h[i], valid_w[i]) = prepare_uint8(decoded.image, img_size, resize_mode)
+        gt_h[i], gt_w[i] = decoded.mask.shape
+        gt_bits[i] = np.packbits(decoded.mask.astype(bool)).tobytes()
+        ok[i] = True
+    return {"image_id": np.asarray([str(x) for x in batch["image_id"]], dtype=object), "images": images, "ok": ok,
+            "gt_bits": np.asarray(gt_bits, dtype=object), "gt_h": gt_h, "gt_w": gt_w, "valid_h": valid_h, "valid_w": valid_w}
+
+
+def unpack_ground_truth(bits: bytes, height: int, width: int) -> np.ndarray:
+    """``decode_for_validation``'s packed ground truth -> H x W uint8 in {0, 1}."""
+    return np.unpackbits(np.frombuffer(bits, np.uint8), count=height * width).reshape(height, width)
+

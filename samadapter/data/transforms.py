@@ -315,6 +315,29 @@ def hflip(image: np.ndarray, mask: Optional[np.ndarray] = None):
     return image, np.ascontiguousarray(mask[:, ::-1])
 
 
+def prepare_uint8(
+    image: np.ndarray,
+    size: int,
+    mode: str = "squash",
+    mask: Optional[np.ndarray] = None,
+    flip: bool = False,
+):
+    """One decoded sample -> uint8 model input (and target), as Ray Data stages ship them:
+    normalisation happens on the device (``samadapter.ops.to_model_input``).
+
+    Returns:
+        (size x size x 3 uint8 input, size x size uint8 target or None, (h, w) valid size)
+    """
+    if flip:
+        if mask is None:
+            image = hflip(image)
+        else:
+            image, mask = hflip(image, mask)
+    x = resize_image(image, size, mode)
+    y = None if mask is None else resize_mask(mask, size, mode)
+    return x, y, resized_size(image.shape[0], image.shape[1], size, mode)
+
+
 def prepare_input(
     image: np.ndarray,
     size: int,
@@ -322,16 +345,10 @@ def prepare_input(
     mask: Optional[np.ndarray] = None,
     flip: bool = False,
 ):
-    """One decoded sample -> model input (and target).
+    """One decoded sample -> normalised float model input (and target).
 
     Returns:
         (3 x size x size float32 input, size x size uint8 target or None, (h, w) valid size)
     """
-    if flip:
-        if mask is None:
-            image = hflip(image)
-        else:
-            image, mask = hflip(image, mask)
-    x = normalize(resize_image(image, size, mode))
-    y = None if mask is None else resize_mask(mask, size, mode)
-    return x, y, resized_size(image.shape[0], image.shape[1], size, mode)
+    x, y, valid = prepare_uint8(image, size, mode, mask, flip)
+    return normalize(x), y, valid

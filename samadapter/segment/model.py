@@ -90,12 +90,10 @@ def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.n
     ``model.low_res_logits`` or its ``torch.compile`` wrapper."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    from ..ops import to_model_input
+
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = forward(model.normalize(x))
+        out = forward(to_model_input(images, model))
     return out[:, 0].float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
 
 

@@ -13,6 +13,7 @@ from ..data.records import MANIFEST_NAME, read_manifest
 from .config import ConfigError, TrainConfig
 from .config import RunConfig as RunSection  # not ray.train.RunConfig
 from .loop import ADAPTER_FILE, read_metrics_lines, train_loop_per_worker
+from .validation import TRAIN, VAL, train_data_config, validation_dataset
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,12 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         batch_size=16,
         batch_format="numpy",
     )
+    val_ds = validation_dataset(dataset_uri, cfg.data.val_split, size, cfg.data.resize_mode)
     pa_fs, storage_path = storage.pyarrow_filesystem(storage_uri)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "train": resolved,
-            "dataset": dataset_uri,
             "run_uri": run_uri,
             "num_train_rows": num_train,
         },
@@ -155,8 +156,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
                 num_to_keep=1, checkpoint_score_attribute="s_measure", checkpoint_score_order="max"
             ),
         ),
-        datasets={"train": train_ds},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={TRAIN: train_ds, VAL: val_ds},
+        dataset_config=train_data_config(),
     )
     result = trainer.fit()
 

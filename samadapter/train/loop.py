@@ -1,10 +1,11 @@
-"""The per-worker training loop (runs inside Ray Train workers).
+"""The per-worker training loop (runs inside Ray Train workers), in named steps.
 
-One call of :func:`train_loop_per_worker` per worker: build the model (frozen SAM +
-adapter), wrap it in DDP through ``ray.train.torch.prepare_model`` and always call the
-wrapped module so gradients are all-reduced, train on this worker's shard, validate on
-this worker's share of the validation split (gathered across workers), and report.
-Rank 0 attaches the checkpoint; every rank calls ``ray.train.report``.
+``train_loop_per_worker``: ``setup`` (model, optimizer, schedule) -> ``restore`` (from
+Ray Train's latest checkpoint) -> ``wrap_for_ddp`` -> per epoch ``train_epoch`` (calls
+``train_step``, always through the DDP wrapper so gradients are all-reduced; ends with the
+replica check) -> ``run_validation`` (``validation.py``: this worker's share of the split,
+gathered) -> ``save_checkpoint`` (rank 0 attaches it; every rank reports). Model inputs
+arrive as uint8 and are normalised on the device (``ops.to_model_input``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import os
 import resource
 import tempfile
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from ..data import storage
-from ..metrics import CODMetrics
 from ..modeling import build_model
 from ..modeling import weights as weights_mod
-from ..predict import predict_split
+from ..ops import to_model_input
 from .config import TrainConfig
 from .losses import segmentation_loss
+from .validation import TRAIN, VAL, _world, validate
 
 log = logging.getLogger("samadapter.train")
 
@@ -52,45 +54,7 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
-# ------------------------------------------------------------ validation
-def _world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def validate(model, cfg: TrainConfig, dataset_uri: str, bf16: bool) -> Dict[str, float]:
-    """Score the whole validation split at the original ground-truth sizes.
-
-    Each worker scores rows ``i`` with ``i % world == rank``; per-image scores are gathered
-    so every worker returns the metrics of the whole split.
-    """
-    rank, world = _world()
-    metrics = CODMetrics()
-    bad = 0
-    for _, decoded, prob in predict_split(
-        model, dataset_uri, cfg.data.val_split, batch_size=max(1, cfg.optim.batch_size * 2),
-        resize_mode=cfg.data.resize_mode, bf16=bf16, select=lambda i: i % world == rank,
-    ):
-        if prob is None:
-            bad += 1
-        else:
-            metrics.add(prob, decoded.mask)
-    scores = metrics.scores
-    if world > 1:
-        gathered: List[Optional[list]] = [None] * world
-        dist.all_gather_object(gathered, (scores, bad))
-        merged = CODMetrics()
-        bad = 0
-        for part, part_bad in gathered:
-            merged.extend(part)
-            bad += part_bad
-        metrics = merged
-    results = metrics.results()
-    results["val_skipped"] = bad
-    return results
-
-
+# ------------------------------------------------------------ replicas
 def replicas_in_sync(params: List[torch.nn.Parameter]) -> bool:
     """Whether every worker holds bit-identical trainable weights (DDP all-reduced them).
 
@@ -131,14 +95,30 @@ def read_metrics_lines(run_uri: str) -> List[dict]:
 
 
 # --------------------------------------------------------------- the loop
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. ``config``: ``{"train": TrainConfig dict, "dataset": URI,
-    "run_uri": URI, "num_train_rows": int}``."""
+@dataclass
+class Worker:
+    """What one training worker holds between steps."""
+
+    cfg: TrainConfig
+    model: Any  # the SamAdapter
+    ddp_model: Any  # its DDP wrapper: always call this one in training, so gradients are all-reduced
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    bf16: bool
+    rank: int
+    world: int
+    run_uri: str
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+
+
+def setup(config: dict) -> Worker:
+    """Model (frozen SAM + adapter) on this worker's device, optimizer, LR schedule."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -147,129 +127,160 @@ def train_loop_per_worker(config: dict) -> None:
     bf16 = cfg.run.bf16 if cfg.run.bf16 is not None else on_gpu
     if bf16 and not on_gpu:
         log.warning("bf16 autocast on CPU is slow and not what the recipes use; consider run.bf16=false")
-
     torch.manual_seed(cfg.run.seed)
     # Official SAM weights: fetched once per node (file lock), then read from local disk.
     sam_path = storage.local_copy(cfg.model.sam_checkpoint) if cfg.model.sam_checkpoint else None
     model = build_model(cfg.model.arch, sam_checkpoint=sam_path, attention=cfg.model.attention, **cfg.model.overrides)
     ac = cfg.model.activation_checkpointing if cfg.model.activation_checkpointing is not None else on_gpu
     model.image_encoder.checkpoint_blocks = bool(ac)
-    start_epoch, global_step = 0, 0
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-
-    rows_per_worker = config["num_train_rows"] // world
-    steps_per_epoch = max(1, math.ceil(rows_per_worker / cfg.optim.batch_size))
+    steps_per_epoch = max(1, math.ceil(config["num_train_rows"] // world / cfg.optim.batch_size))
     total = cfg.optim.epochs * (steps_per_epoch if cfg.optim.schedule_unit == "step" else 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s / total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.schedule)
-    )
+        optimizer, lambda s: lr_factor(s / total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.schedule))
+    return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"], steps_per_epoch)
+
+
+def restore(w: Worker) -> bool:
+    """Continue from Ray Train's latest checkpoint, if any: adapter, optimizer, schedule,
+    epoch and step. Returns whether it resumed."""
+    import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        # A private download per worker: workers on one node must not read a shared
-        # download directory while another worker is still filling it.
-        with tempfile.TemporaryDirectory(prefix="samadapter-ckpt-") as d:
-            checkpoint.to_directory(d)
-            weights_mod.load_adapter(model, os.path.join(d, ADAPTER_FILE))
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        if rank == 0:
-            log.info("resumed from checkpoint at epoch %d (step %d)", start_epoch, global_step)
-            append_metrics_line(config["run_uri"], {"phase": "resumed", "epoch": start_epoch, "global_step": global_step})
+    if checkpoint is None:
+        return False
+    # A private download per worker: workers on one node must not read a shared download
+    # directory while another worker is still filling it.
+    with tempfile.TemporaryDirectory(prefix="samadapter-ckpt-") as d:
+        checkpoint.to_directory(d)
+        weights_mod.load_adapter(w.model, os.path.join(d, ADAPTER_FILE))
+        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    w.optimizer.load_state_dict(state["optimizer"])
+    w.scheduler.load_state_dict(state["scheduler"])
+    w.epoch, w.global_step = int(state["epoch"]), int(state["global_step"])
+    if w.rank == 0:
+        log.info("resumed from checkpoint at epoch %d (step %d)", w.epoch, w.global_step)
+        append_metrics_line(w.run_uri, {"phase": "resumed", "epoch": w.epoch, "global_step": w.global_step})
+    return True
 
-    model.to(device)
-    # DDP over the trainable parameters only (frozen ones are not registered), so no
-    # find_unused_parameters is needed.
-    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
-    trainable = model.trainable_parameters()
-    run_uri = config["run_uri"]
-    dataset_uri = config["dataset"]
 
-    if start_epoch == 0:
-        before = validate(model, cfg, dataset_uri, bf16)
-        if rank == 0:
-            append_metrics_line(run_uri, {"epoch": 0, "phase": "before training", **before})
-            log.info("before training: S %.3f  E %.3f  wF %.3f  MAE %.3f", before["s_measure"], before["e_measure"], before["weighted_f"], before["mae"])
+def wrap_for_ddp(w: Worker) -> None:
+    """Move the model to the device and wrap it in DDP over the trainable parameters only
+    (frozen ones are not registered, so no ``find_unused_parameters``)."""
+    import ray.train.torch
+
+    w.model.to(w.device)
+    w.ddp_model = ray.train.torch.prepare_model(w.model, move_to_device=False)
+
+
+def train_step(w: Worker, batch: Dict[str, Any]) -> float:
+    """One optimizer step on a batch of uint8 images (normalised on the device) and masks."""
+    cfg = w.cfg
+    x = to_model_input(batch["images"], w.model)
+    y = torch.from_numpy(batch["masks"]).to(w.device, non_blocking=True)[:, None].float()
+    with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
+        logits = w.ddp_model(x)  # the DDP wrapper: gradients are all-reduced
+    loss = segmentation_loss(logits, y, cfg.optim.bce_weight, cfg.optim.iou_weight)
+    w.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(w.model.trainable_parameters(), cfg.optim.grad_clip)
+    w.optimizer.step()
+    if cfg.optim.schedule_unit == "step":
+        w.scheduler.step()
+    w.global_step += 1
+    return loss.item()
+
+
+def train_epoch(w: Worker, shard) -> dict:
+    """One pass over this worker's training shard; returns the epoch's record (mean loss
+    over all workers, images/s, whether the replicas are bit-identical)."""
+    cfg = w.cfg
+    w.model.train()
+    loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    t_interval, n_interval = t0, 0
+    for batch in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="numpy", prefetch_batches=2):
+        loss = train_step(w, batch)
+        n = len(batch["masks"])
+        loss_sum, seen, n_interval = loss_sum + loss * n, seen + n, n_interval + n
+        if w.rank == 0 and w.global_step % cfg.run.log_every == 0:
+            now = time.perf_counter()
+            log.info("epoch %d/%d step %d loss %.4f lr %.2e images/s %.1f peak mem %.2f GiB",
+                     w.epoch + 1, cfg.optim.epochs, w.global_step, loss, w.optimizer.param_groups[0]["lr"],
+                     n_interval * w.world / max(now - t_interval, 1e-9), peak_memory_gib(w.device))
+            t_interval, n_interval = now, 0
+    if cfg.optim.schedule_unit == "epoch":
+        w.scheduler.step()
+    elapsed = time.perf_counter() - t0
+    in_sync = replicas_in_sync(w.model.trainable_parameters())
+    totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
+    if w.world > 1:
+        dist.all_reduce(totals)
+    w.epoch += 1
+    return {"epoch": w.epoch, "train_loss": float(totals[0] / max(totals[1], 1.0)), "lr": w.optimizer.param_groups[0]["lr"],
+            "images_per_s": float(totals[1]) / max(elapsed, 1e-9), "train_seconds": elapsed,
+            "global_step": w.global_step, "replicas_in_sync": in_sync}
+
+
+def run_validation(w: Worker, shard) -> dict:
+    t0 = time.perf_counter()
+    scores = validate(w.model, shard, max(1, w.cfg.optim.batch_size * 2), w.cfg.data.resize_mode, w.bf16)
+    scores["val_seconds"] = time.perf_counter() - t0
+    return scores
+
+
+def save_checkpoint(w: Worker, record: dict) -> None:
+    """Report the epoch with a checkpoint (adapter, optimizer and schedule state, metrics)
+    from rank 0; every rank reports."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    if w.rank != 0:
+        ray.train.report(record)
+        return
+    append_metrics_line(w.run_uri, {"phase": "validation", **record})
+    with tempfile.TemporaryDirectory() as tmp:
+        storage.write_bytes(os.path.join(tmp, ADAPTER_FILE),
+                            weights_mod.adapter_bytes(w.model, {"epoch": str(w.epoch), "run": w.cfg.run.name}))
+        torch.save({"optimizer": w.optimizer.state_dict(), "scheduler": w.scheduler.state_dict(),
+                    "epoch": w.epoch, "global_step": w.global_step}, os.path.join(tmp, STATE_FILE))
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point. ``config``: ``{"train": TrainConfig dict, "run_uri": URI,
+    "num_train_rows": int}``; datasets ``train`` and ``val`` (``validation.py``)."""
+    import ray.train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    w = setup(config)
+    resumed = restore(w)
+    wrap_for_ddp(w)
+    cfg = w.cfg
+    train_shard, val_shard = ray.train.get_dataset_shard(TRAIN), ray.train.get_dataset_shard(VAL)
+    start_epoch = w.epoch
+
+    if not resumed:
+        before = run_validation(w, val_shard)
+        if w.rank == 0:
+            append_metrics_line(w.run_uri, {"epoch": 0, "phase": "before training", **before})
+            log.info("before training: S %.3f  E %.3f  wF %.3f  MAE %.3f", before["s_measure"], before["e_measure"],
+                     before["weighted_f"], before["mae"])
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 
-    shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        if cfg.run.fail_at_epoch == epoch and rank == cfg.run.fail_rank and start_epoch < epoch:
-            raise RuntimeError(f"injected failure on rank {rank} at epoch {epoch} (run.fail_at_epoch test hook)")
-        model.train()
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        t_interval, n_interval = t0, 0
-        for batch in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="numpy", prefetch_batches=2):
-            x = torch.from_numpy(batch["images"]).to(device, non_blocking=True)
-            y = torch.from_numpy(batch["masks"]).to(device, non_blocking=True)[:, None].float()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = ddp_model(x)  # the DDP wrapper: gradients are all-reduced
-            loss = segmentation_loss(logits, y, cfg.optim.bce_weight, cfg.optim.iou_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-            optimizer.step()
-            if cfg.optim.schedule_unit == "step":
-                scheduler.step()
-            global_step += 1
-            loss_sum += loss.item() * len(x)
-            seen += len(x)
-            n_interval += len(x)
-            if rank == 0 and global_step % cfg.run.log_every == 0:
-                now = time.perf_counter()
-                log.info(
-                    "epoch %d/%d step %d loss %.4f lr %.2e images/s %.1f peak mem %.2f GiB",
-                    epoch + 1, cfg.optim.epochs, global_step, loss.item(), optimizer.param_groups[0]["lr"],
-                    n_interval * world / max(now - t_interval, 1e-9), peak_memory_gib(device),
-                )
-                t_interval, n_interval = now, 0
-        if cfg.optim.schedule_unit == "epoch":
-            scheduler.step()
-        elapsed = time.perf_counter() - t0
-        in_sync = replicas_in_sync(trainable)
-        totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(totals)
-        train_loss = float(totals[0] / max(totals[1], 1.0))
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": float(totals[1]) / max(elapsed, 1e-9),
-            "global_step": global_step,
-            "replicas_in_sync": in_sync,
-        }
-        if (epoch + 1) % cfg.run.val_every != 0 and epoch + 1 != cfg.optim.epochs:
-            if rank == 0:
-                log.info("epoch %d: train loss %.4f", epoch + 1, train_loss)
+    while w.epoch < cfg.optim.epochs:
+        if cfg.run.fail_at_epoch == w.epoch and w.rank == cfg.run.fail_rank and start_epoch < w.epoch:
+            raise RuntimeError(f"injected failure on rank {w.rank} at epoch {w.epoch} (run.fail_at_epoch test hook)")
+        record = train_epoch(w, train_shard)
+        if w.epoch % cfg.run.val_every != 0 and w.epoch != cfg.optim.epochs:
+            if w.rank == 0:
+                log.info("epoch %d: train loss %.4f", w.epoch, record["train_loss"])
             ray.train.report(record)
             continue
-        record.update(validate(model, cfg, dataset_uri, bf16))
-        if rank == 0:
-            log.info(
-                "epoch %d: train loss %.4f | val S %.3f E %.3f wF %.3f MAE %.3f",
-                epoch + 1, train_loss, record["s_measure"], record["e_measure"], record["weighted_f"], record["mae"],
-            )
-            append_metrics_line(run_uri, {"phase": "validation", **record})
-            with tempfile.TemporaryDirectory() as tmp:
-                storage.write_bytes(
-                    os.path.join(tmp, ADAPTER_FILE),
-                    weights_mod.adapter_bytes(model, {"epoch": str(epoch + 1), "run": cfg.run.name}),
-                )
-                torch.save(
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "global_step": global_step,
-                    },
-                    os.path.join(tmp, STATE_FILE),
-                )
-                with open(os.path.join(tmp, "metrics.json"), "w") as f:
-                    json.dump(record, f, indent=2)
-                ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(record)
+        record.update(run_validation(w, val_shard))
+        if w.rank == 0:
+            log.info("epoch %d: train loss %.4f | val S %.3f E %.3f wF %.3f MAE %.3f", w.epoch, record["train_loss"],
+                     record["s_measure"], record["e_measure"], record["weighted_f"], record["mae"])
+        save_checkpoint(w, record)
