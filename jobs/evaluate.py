@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from samadapter.cli import doc_parser  # noqa: E402
+from samadapter.cli import doc_parser, storage_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,8 +52,13 @@ def main(argv=None) -> int:
         else:
             ev = evaluate_predictions(args.dataset, args.split, args.predictions)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not storage_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
+        if storage_error(exc):
+            return 2
+        raise
     label = f"{args.split} ({os.path.basename(source.rstrip('/'))})"
     uris = write_report(ev, output, label)
     print(format_table({label: ev.metrics}))

@@ -21,7 +21,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from samadapter.cli import doc_parser  # noqa: E402
+from samadapter.cli import doc_parser, storage_error  # noqa: E402
 
 from samadapter.data import sources  # noqa: E402
 from samadapter.data.prepare import prepare_dataset  # noqa: E402
@@ -74,8 +74,13 @@ def main(argv=None) -> int:
         else:
             listing = sources.synthetic_listing(args.num_train, args.num_test, args.size, args.seed)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not storage_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001
+        if storage_error(exc):
+            return 2
+        raise
     print(f"source: {listing.description}; {len(listing.candidates)} candidates")
     try:
         summary = prepare_dataset(
@@ -90,6 +95,10 @@ def main(argv=None) -> int:
     except DatasetExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
+        if storage_error(exc):
+            return 2
+        raise
     print(f"\nwritten to {summary['output']}:")
     for split, n in summary["written"].items():
         print(f"  {split:<16} {n:>7} rows  ({len(summary['manifest']['shards'][split])} shard(s))")

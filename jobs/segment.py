@@ -38,7 +38,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from samadapter.cli import doc_parser  # noqa: E402
+from samadapter.cli import doc_parser, storage_error  # noqa: E402
 
 from samadapter.segment.run import SegmentConfig  # noqa: E402
 
@@ -128,8 +128,13 @@ def main(argv=None) -> int:
     try:
         s = run_segmentation(cfg, progress=not args.no_progress)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not storage_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
+        if storage_error(exc):
+            return 2
+        raise
     print()
     print("\n".join(summary_lines(s)))
     if cfg.dry_run:

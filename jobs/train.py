@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from samadapter.cli import doc_parser  # noqa: E402
+from samadapter.cli import doc_parser, storage_error  # noqa: E402
 
 from samadapter.train.config import ConfigError, TrainConfig  # noqa: E402
 
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     try:
         cfg = build_config(args)
     except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not storage_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
         print(cfg.to_yaml())
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
+        if storage_error(exc):
+            return 2
+        raise
     print()
     print(f"run: {outcome.run_uri}" + (" (resumed)" if outcome.resumed else ""))
     print(summary_table(outcome))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "jobs", "benchmark.py")
@@ -18,7 +19,7 @@ def _run(tmp_path, *args, timeout=300, head="| arch |"):
     r = subprocess.run([sys.executable, BENCH, *args, "--json", str(out)], capture_output=True, text=True,
                        timeout=timeout, cwd=tmp_path, env=os.environ.copy())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "machine: cpu" in r.stdout and head in r.stdout
+    assert "machine: cpu " in r.stdout and f"torch {torch.__version__}" in r.stdout and head in r.stdout
     return json.loads(out.read_text())
 
 
@@ -32,7 +33,7 @@ def test_pipeline_mode_on_tiny(tmp_path):
     # the loop's own program pays imports and model load; its loop alone is faster
     assert row["bare_startup_s"] > 0 and row["warm_loop_images_per_s"] > row["bare_images_per_s"]
     assert row["ratio_vs_warm_loop"] < row["ratio"]
-    assert data["machine"]["torch"]
+    assert data["machine"]["torch"] == torch.__version__ and data["machine"]["cpu_count"] == os.cpu_count()
 
 
 @pytest.mark.timeout(300)

@@ -123,18 +123,24 @@ def test_bool_and_255_ground_truth_agree():
 
 
 def test_merged_shares_equal_one_pass():
+    """Workers' per-image scores merged (as validation gathers them) equal one pass over
+    all images, also for unequal shares, where averaging the shares' results would not."""
+    import pickle
+
     rng = np.random.default_rng(1)
-    preds = [rng.random((32, 40)).astype(np.float32) for _ in range(5)]
-    gts = [(rng.random((32, 40)) > 0.7).astype(np.uint8) for _ in range(5)]
+    preds = [rng.random((32, 40)).astype(np.float32) ** (i + 1) for i in range(5)]
+    gts = [(rng.random((32, 40)) > 0.3 + 0.1 * i).astype(np.uint8) for i in range(5)]
     whole = CODMetrics()
     for p, g in zip(preds, gts):
         whole.add(p, g)
     a, b = CODMetrics(), CODMetrics()
     for i, (p, g) in enumerate(zip(preds, gts)):
-        (a if i % 2 else b).add(p, g)
+        (a if i == 0 else b).add(p, g)  # shares of 1 and 4 images
     merged = CODMetrics()
-    merged.extend(a.scores)
-    merged.extend(b.scores)
+    for share in (a, b):
+        merged.extend(pickle.loads(pickle.dumps(share.scores)))  # as all_gather_object ships them
     assert merged.results() == pytest.approx(whole.results())
+    naive = {k: (a.results()[k] + b.results()[k]) / 2 for k in ("s_measure", "mae")}
+    assert naive["mae"] != pytest.approx(whole.results()["mae"])
     with pytest.raises(ValueError, match="differ in size"):
         image_scores(preds[0], gts[0][:10])

@@ -103,7 +103,6 @@ def test_mixed_bucket_on_s3(s3_server, ray_local, adapter):
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     images = mixed_images()
-    assert len(images) >= 20
     noext = _encode(Image.fromarray(_rgb(25, 35, 30)), "PNG")
     extra = {"photos/meta.json": b"{}", "_SUCCESS": b"", "labels.txt": b"cat\n", "noext": noext}
     for key, data in list((k, v[0]) for k, v in images.items()) + list(extra.items()):
@@ -129,7 +128,8 @@ def test_mixed_bucket_on_s3(s3_server, ray_local, adapter):
         assert set(np.unique(np.asarray(mask.convert("L")))) <= {0, 255}
         assert storage.exists(f"{out}/{output_key('probs', 'in/' + key)}")
     assert rows[f"{inp}/sub/../escape.jpg"]["status"] == "unsafe_key"
-    assert {rows[f"{inp}/bad/{k}"]["status"] for k in ("empty.jpg", "notes.jpg")} == {"zero_bytes", "not_an_image"}
+    assert rows[f"{inp}/bad/empty.jpg"]["status"] == "zero_bytes"
+    assert rows[f"{inp}/bad/notes.jpg"]["status"] == "not_an_image"
     assert rows[f"{inp}/bad/corrupt.jpg"]["status"] in ("truncated", "corrupt")
     # sidecars are skipped (not failures); a key without an extension is sniffed
     for key in ("photos/meta.json", "_SUCCESS", "labels.txt"):
@@ -218,7 +218,8 @@ def test_tar_archives(ray_local, adapter, tmp_path):
     assert rows["shard-a.tar/0002.jpg"]["width"] == 32  # read as its byte range of the archive
     assert rows["shard-b.tar/dir/broken.jpg"]["status"] in ("truncated", "corrupt", "not_an_image")
     assert rows["shard-b.tar/../evil.jpg"]["status"] == "unsafe_key"
-    assert not (tmp_path / "out" / "evil.png").exists() and not (tmp_path / "evil.png").exists()
+    # the unsafe member wrote nothing anywhere (inside the output or out of it)
+    assert not [p for p in tmp_path.rglob("*evil*") if p.suffix == ".png"]
     # rerun: nothing new, the broken member is not retried
     assert _run("--input", str(inp), "--output", out, "--checkpoint", adapter) == 0
     assert len(_ledger_rows(out)) == len(members)

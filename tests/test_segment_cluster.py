@@ -39,7 +39,8 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     adapter, inp = tiny_adapter_and_images(tmp_path, 40)
 
     assert ray.cluster_resources().get("GPU") == 2
-    assert not torch.cuda.is_available()  # the actors fall back to the CPU
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback of actors given logical GPUs; this host has a CUDA device")
     cfg = SegmentConfig(input=str(inp), output=str(tmp_path / "out"), checkpoint=adapter,
                         gpus_per_actor=1, min_actors=2, max_actors=2, batch_size=2,
                         read_batch_size=2)  # many small bundles, so both actors get work

@@ -113,7 +113,8 @@ def test_worker_failure_is_recovered_from_last_checkpoint(ray_local, local_datas
     assert written.data.dataset == local_dataset and written.run.storage == str(tmp_path / "runs")
     assert written.optim == cfg.optim and written.model == cfg.model
     best = json.loads(storage.read_bytes(storage.join(outcome.best_checkpoint, "metrics.json")))
-    assert best["epoch"] in (1, 2, 3) and best["s_measure"] == max(r["s_measure"] for r in _phases(lines, "validation"))
+    top = max(_phases(lines, "validation"), key=lambda r: r["s_measure"])
+    assert (best["epoch"], best["s_measure"]) == (top["epoch"], top["s_measure"])
 
 
 def test_resume_flag_without_a_run_is_an_error(ray_local, local_dataset, tmp_path):

@@ -138,7 +138,7 @@ def test_adapter_on_a_different_base_or_arch_is_a_clear_error(tmp_path, official
         build_model("tiny", scale_factor=4, adapter_checkpoint=uri)
     # an official checkpoint is not an adapter
     with pytest.raises(CheckpointError, match="not a samadapter adapter"):
-        weights.load_adapter(model, path if path.endswith(".safetensors") else _as_safetensors(tmp_path, sd))
+        weights.load_adapter(model, _as_safetensors(tmp_path, sd))
 
 
 def _as_safetensors(tmp_path, sd):

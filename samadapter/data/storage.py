@@ -201,3 +201,44 @@ def s3_client():
     """A botocore S3 client for listings and whole-object writes: the endpoint from ``AWS_ENDPOINT_URL``, credentials
     from the environment or the instance role, adaptive retries (throttling backs off)."""
     return _cached_client(s3_endpoint(), os.getpid())  # one per process (clients are thread-safe)
+
+
+# ------------------------------------------------------------------ errors users can act on
+_CREDENTIALS_HELP = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run where an instance "
+                     "role / IRSA provides them; AWS_ENDPOINT_URL points at MinIO or another S3-compatible store")
+
+
+def _chain(exc: BaseException):
+    """The exception, its causes and contexts, and a Ray task error's original cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = getattr(exc, "cause", None) if isinstance(getattr(exc, "cause", None), BaseException) else (
+            exc.__cause__ or exc.__context__)
+
+
+def explain(exc: BaseException) -> Optional[str]:
+    """One line saying what went wrong with object storage and what to do, or None when
+    ``exc`` is not a storage problem: no credentials, access denied, no such bucket, an
+    endpoint that does not answer. The jobs print it and exit with status 2."""
+    for e in _chain(exc):
+        name, text = type(e).__name__, str(e)
+        if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError") or \
+                "Unable to locate credentials" in text:
+            return f"no credentials for object storage ({text}): {_CREDENTIALS_HELP}"
+        code = ""
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+            return f"no such bucket ({text}): check the bucket name and region in the URI"
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or isinstance(e, PermissionError) \
+                or "AccessDenied" in text or "Forbidden" in text:
+            return (f"access denied by object storage ({text}): the credentials in use may not read or write this "
+                    f"location; check the bucket policy and the role's permissions ({_CREDENTIALS_HELP})")
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionRefusedError") \
+                or "Could not connect to the endpoint" in text:
+            return (f"object storage does not answer ({text}): check AWS_ENDPOINT_URL "
+                    f"({s3_endpoint() or 'not set: AWS S3'}) and the network")
+    return None
