@@ -1,7 +1,7 @@
 """The cluster files as `ray up`, KubeRay, the API server and cron will read them.
 
 ray_cluster.yaml against Ray's own validator; every Kubernetes manifest against the KubeRay
-v1.7.0 CRDs and the Kubernetes 1.37 CronJob schema (../shared/k8s-schemas), with fields the
+v1.7.0 CRDs and the Kubernetes 1.37 CronJob schema (tests/k8s-schemas), with fields the
 API server would prune treated as errors; IAM policies, security group, pinned Ray, node
 placement, the nightly's PATH, deadline and submission ids; placeholders all marked CHANGE.
 """
@@ -21,7 +21,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
-SCHEMAS = os.path.join(os.path.dirname(ROOT), "shared", "k8s-schemas")
+SCHEMAS = os.path.join(ROOT, "tests", "k8s-schemas")  # KubeRay v1.7.0 CRDs, Kubernetes 1.37 CronJob (SOURCES.txt)
 PRIVATE_PORTS = {6379: "GCS", 8265: "dashboard / job API", 10001: "Ray client"}
 RAY_VERSION = "2.60.0"
 
