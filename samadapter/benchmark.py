@@ -224,12 +224,13 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
     ``num_cpus=n`` n threads), so the ratio measures the pipeline, not thread counts.
     """
     torch.set_num_threads(threads)
-    from .segment.model import infer_logits, load_adapter_model
+    from .modeling import build_from_adapter
+    from .segment.model import infer_logits
     from .segment.run import SegmentConfig
     from .segment.stages import decode_stage, postprocess_stage, read_stage
 
     device = _device()
-    model = load_adapter_model(adapter, None, attention).to(device)
+    model = build_from_adapter(adapter, None, attention).to(device)
     names = sorted(os.listdir(folder))
     t0 = time.perf_counter()
     for start in range(0, len(names), batch_size):
@@ -292,11 +293,12 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
 
     from .modeling import build_model
     from .segment.run import SegmentConfig, run_segmentation
+    from .train.runs import ADAPTER_FILE
 
     with tempfile.TemporaryDirectory(prefix="samadapter-bench-") as tmp:
         folder = os.path.join(tmp, "images")
         _make_images(folder, images, scene_size)
-        adapter = os.path.join(tmp, "adapter.safetensors")
+        adapter = os.path.join(tmp, ADAPTER_FILE)
         build_model(arch, img_size=img_size).save_adapter(adapter)
 
         threads = int(SegmentConfig.cpus_per_actor)

@@ -70,12 +70,13 @@ print("PLAN " + json.dumps({"keys": args["keys"], "seconds": seconds, "plan": s.
 
 def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
     from .modeling import build_model
+    from .train.runs import ADAPTER_FILE
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     rows = []
     with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
-        adapter = os.path.join(tmp, "adapter.safetensors")
+        adapter = os.path.join(tmp, ADAPTER_FILE)
         build_model("tiny", img_size=64).save_adapter(adapter)
         for n in sizes:
             folder = os.path.join(tmp, f"n{n}")

@@ -18,7 +18,7 @@ from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.segment.layout import output_key
 from samadapter.segment.ledger import read_ledger_table
-from samadapter.segment.model import resolve_checkpoint
+from samadapter.train.runs import resolve_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -266,10 +266,10 @@ def test_resolve_checkpoint_from_run_folder(tmp_path, adapter):
         (run / name / "adapter.safetensors").write_bytes(open(adapter, "rb").read())
         (run / name / "metrics.json").write_text(f'{{"s_measure": {score}}}')
     (run / "checkpoint_manager_snapshot.json").write_text("{}")
-    assert resolve_checkpoint(str(run)).endswith("checkpoint_b/adapter.safetensors")
-    assert resolve_checkpoint(str(run / "checkpoint_a")).endswith("checkpoint_a/adapter.safetensors")
+    assert resolve_adapter(str(run)).endswith("checkpoint_b/adapter.safetensors")
+    assert resolve_adapter(str(run / "checkpoint_a")).endswith("checkpoint_a/adapter.safetensors")
     with pytest.raises(FileNotFoundError, match="no adapter checkpoint"):
-        resolve_checkpoint(str(tmp_path))
+        resolve_adapter(str(tmp_path))
 
 
 def test_no_argument_run_uses_the_embedded_default(ray_local, tmp_path, monkeypatch, capsys):

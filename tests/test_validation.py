@@ -96,10 +96,10 @@ def test_validation_scores_equal_jobs_evaluate(dataset, checkpoint, mode):
     """The training loop's validation (uint8 rows from the Ray Data decode stage) and
     jobs/evaluate.py (its own decode and normalisation) score a checkpoint the same."""
     from samadapter.segment.evaluate import evaluate_checkpoint
-    from samadapter.segment.model import load_adapter_model
+    from samadapter.modeling import build_from_adapter
 
     reference = evaluate_checkpoint(dataset, "test", checkpoint, batch_size=3, resize_mode=mode, keep_examples=False)
-    model = load_adapter_model(checkpoint, None)
+    model = build_from_adapter(checkpoint)
     batches = (decode_for_validation({k: np.asarray(v, dtype=object) for k, v in rows.items()}, SIZE, mode)
                for rows in iter_records(dataset, "test", columns=["image_id", "image", "mask"], batch_size=3))
     metrics, bad, rows = score_batches(model, batches, mode, bf16=False)

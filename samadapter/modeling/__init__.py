@@ -2,7 +2,7 @@
 
 from .adapter import PromptGenerator, high_pass_filter
 from .attention import SdpaAttention, set_attention
-from .build import ARCHS, ArchConfig, arch_config, build_from_config, build_model
+from .build import ARCHS, ArchConfig, arch_config, build_from_adapter, build_from_config, build_model
 from .encoder import AdaptedImageEncoder
 from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter, resize_logits
 from .weights import CheckpointError, load_adapter, load_sam_checkpoint, save_adapter
@@ -20,6 +20,7 @@ __all__ = [
     "SdpaAttention",
     "arch_config",
     "build_from_config",
+    "build_from_adapter",
     "build_model",
     "high_pass_filter",
     "load_adapter",

@@ -226,3 +226,20 @@ def build_model(
     if adapter_checkpoint is not None:
         weights.load_adapter(model, adapter_checkpoint)
     return model
+
+
+def build_from_adapter(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None, attention: str = "auto") -> SamAdapter:
+    """The model an adapter file describes (architecture from its metadata), in eval mode:
+    what evaluation, the segment job and the benchmark load. Official SAM weights given as
+    a URI are fetched once per machine (``storage.local_copy``)."""
+    import json
+
+    from ..data import storage
+    from . import weights
+
+    _, meta = weights.read_adapter(adapter_checkpoint)
+    config = json.loads(meta["config"])
+    arch = config.pop("name")
+    sam_path = storage.local_copy(sam_checkpoint) if sam_checkpoint else None
+    return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_checkpoint, attention=attention,
+                       **config).eval()

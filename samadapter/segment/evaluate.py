@@ -69,10 +69,11 @@ def evaluate_checkpoint(
     import torch
 
     from ..predict import predict_split
-    from .model import load_adapter_model, resolve_checkpoint
+    from ..modeling import build_from_adapter
+    from ..train.runs import resolve_adapter
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_adapter_model(resolve_checkpoint(checkpoint), sam_checkpoint).to(device)
+    model = build_from_adapter(resolve_adapter(checkpoint), sam_checkpoint).to(device)
     metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
     for image_id, d, prob in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
                                            bf16=device.type == "cuda"):

@@ -11,47 +11,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..data import storage
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(uri: str) -> str:
-    """An adapter file from an adapter path, a checkpoint folder or a training run folder.
-
-    For a run folder the checkpoint with the best ``s_measure`` (its ``metrics.json``) is taken.
-    """
-    uri = str(uri).rstrip("/")
-    if uri.endswith(".safetensors"):
-        if not storage.exists(uri):
-            raise FileNotFoundError(f"checkpoint {uri} does not exist")
-        return uri
-    adapter = storage.join(uri, "adapter.safetensors")
-    if storage.exists(adapter):
-        return adapter
-    fs, path = storage.fsspec_filesystem(uri)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"checkpoint {uri} does not exist")
-    best, best_score = None, -1.0
-    for entry in fs.ls(path, detail=True):
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry["type"] != "directory" or not name.startswith("checkpoint_"):
-            continue
-        ckpt = storage.join(uri, name)
-        try:
-            metrics = json.loads(storage.read_bytes(storage.join(ckpt, "metrics.json")))
-        except FileNotFoundError:
-            continue
-        score = float(metrics.get("s_measure", -1.0))
-        if score > best_score and storage.exists(storage.join(ckpt, "adapter.safetensors")):
-            best, best_score = ckpt, score
-    if best is None:
-        raise FileNotFoundError(
-            f"{uri}: no adapter checkpoint found (expected an adapter .safetensors file, a checkpoint "
-            "folder with adapter.safetensors, or a training run folder with checkpoint_* folders)"
-        )
-    log.info("using the best checkpoint of the run (S-measure %.3f): %s", best_score, best)
-    return storage.join(best, "adapter.safetensors")
 
 
 def model_fingerprint(adapter_bytes: bytes, threshold: float, resize_mode: str) -> str:
@@ -66,21 +27,6 @@ def adapter_arch(adapter_bytes: bytes) -> Dict:
     from ..modeling.weights import read_safetensors_metadata
 
     return json.loads(read_safetensors_metadata(adapter_bytes)["config"])
-
-
-def load_adapter_model(adapter_uri: str, sam_checkpoint: Optional[str], attention: str = "auto"):
-    """The model an adapter checkpoint describes (arch from its metadata), in eval mode.
-
-    Official SAM weights are fetched once per machine (``storage.local_copy``).
-    """
-    from ..modeling import build_model
-    from ..modeling.weights import read_adapter
-
-    _, meta = read_adapter(adapter_uri)
-    config = json.loads(meta["config"])
-    arch = config.pop("name")
-    sam_path = storage.local_copy(sam_checkpoint) if sam_checkpoint else None
-    return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_uri, attention=attention, **config).eval()
 
 
 def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.ndarray:
@@ -121,7 +67,9 @@ class Segmenter:
             self.device = torch.device("cpu")
         else:
             self.device = torch.device("cuda")
-        self.model = load_adapter_model(adapter_uri, sam_checkpoint, attention).to(self.device)
+        from ..modeling import build_from_adapter
+
+        self.model = build_from_adapter(adapter_uri, sam_checkpoint, attention).to(self.device)
         self.forward = torch.compile(self.model.low_res_logits) if compile else self.model.low_res_logits
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bool(bf16)
         self.actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 from ..data import storage
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
+from ..train import runs
 from . import ledger, model, plan, resources, stages
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     import ray
     import ray.data
 
-    adapter_uri = model.resolve_checkpoint(cfg.checkpoint)
+    adapter_uri = runs.resolve_adapter(cfg.checkpoint)
     adapter_bytes = storage.read_bytes(adapter_uri)
     arch = model.adapter_arch(adapter_bytes)
     fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)

@@ -1,18 +1,7 @@
-"""Training: typed config, losses, the per-worker loop and the Ray Train driver.
+"""Training: typed config (``config``), losses, the run layout (``runs``), the per-worker
+loop (``loop``), validation as a split dataset (``validation``) and the Ray Train driver
+(``driver``).
 
-Ray is imported only inside the loop and the driver functions.
+Nothing is imported here: ``samadapter.train.runs`` (the layout of a run, read by the
+segment job and evaluation) stays free of torch and segment_anything.
 """
-
-from .config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from .losses import segmentation_loss, soft_iou_loss
-
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "RunConfig",
-    "TrainConfig",
-    "segmentation_loss",
-    "soft_iou_loss",
-]

@@ -12,13 +12,11 @@ from ..data.reading import decode_for_training
 from ..data.records import MANIFEST_NAME, read_manifest
 from .config import ConfigError, TrainConfig
 from .config import RunConfig as RunSection  # not ray.train.RunConfig
-from .loop import ADAPTER_FILE, read_metrics_lines, train_loop_per_worker
+from .loop import train_loop_per_worker
+from .runs import ADAPTER_FILE, CONFIG_FILE, read_metrics_lines, run_exists
 from .validation import TRAIN, VAL, train_data_config, validation_dataset
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-
 
 @dataclass
 class TrainOutcome:
@@ -55,14 +53,6 @@ def _absolute(uri: str) -> str:
     return storage.local_path(uri) if storage.is_local(uri) else uri
 
 
-def _run_exists(run_uri: str) -> bool:
-    fs, path = storage.fsspec_filesystem(run_uri)
-    return fs.exists(path) and any(
-        e["type"] == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
-        for e in fs.ls(path, detail=True)
-    )
-
-
 def scaling_config(run: RunSection):
     """Ray Train's ScalingConfig from the recipe's ``run`` section: per-worker CPUs and
     GPUs, the GPU model (``accelerator_type``: Ray adds a tiny ``accelerator_type:<T>``
@@ -95,7 +85,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
 
     storage_uri = _absolute(cfg.run.storage_uri())
     run_uri = storage.join(storage_uri, cfg.run.name)
-    exists = _run_exists(run_uri)
+    exists = run_exists(run_uri)
     if resume and not exists:
         raise ConfigError(f"--resume: there is no run {cfg.run.name!r} with checkpoints under {storage_uri}")
     if exists:

@@ -30,13 +30,11 @@ from ..modeling import weights as weights_mod
 from ..ops import to_model_input
 from .config import TrainConfig
 from .losses import segmentation_loss
+from .runs import ADAPTER_FILE, CHECKPOINT_METRICS, STATE_FILE, append_metrics_line
 from .validation import TRAIN, VAL, _world, validate
 
 log = logging.getLogger("samadapter.train")
 
-ADAPTER_FILE = "adapter.safetensors"
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
 
 
 # -------------------------------------------------------------- schedule
@@ -72,26 +70,6 @@ def replicas_in_sync(params: List[torch.nn.Parameter]) -> bool:
     if len(set(hashes)) != 1:
         raise RuntimeError(f"trainable weights differ across workers after the epoch: {hashes}")
     return True
-
-
-# --------------------------------------------------------------- metrics log
-def append_metrics_line(run_uri: str, record: dict) -> None:
-    """Append one JSON line to ``<run>/metrics.jsonl`` (rewritten whole: object stores
-    cannot append)."""
-    uri = storage.join(run_uri, METRICS_FILE)
-    try:
-        existing = storage.read_bytes(uri)
-    except FileNotFoundError:
-        existing = b""
-    storage.write_bytes(uri, existing + (json.dumps(record) + "\n").encode())
-
-
-def read_metrics_lines(run_uri: str) -> List[dict]:
-    try:
-        data = storage.read_bytes(storage.join(run_uri, METRICS_FILE))
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------- the loop
@@ -244,7 +222,7 @@ def save_checkpoint(w: Worker, record: dict) -> None:
                             weights_mod.adapter_bytes(w.model, {"epoch": str(w.epoch), "run": w.cfg.run.name}))
         torch.save({"optimizer": w.optimizer.state_dict(), "scheduler": w.scheduler.state_dict(),
                     "epoch": w.epoch, "global_step": w.global_step}, os.path.join(tmp, STATE_FILE))
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+        with open(os.path.join(tmp, CHECKPOINT_METRICS), "w") as f:
             json.dump(record, f, indent=2)
         ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
 

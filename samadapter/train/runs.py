@@ -1,0 +1,101 @@
+"""The layout of a training run, in one place.
+
+    <storage>/<name>/                   a run (rerunning the same name resumes it)
+        config.yaml                     the resolved TrainConfig
+        metrics.jsonl                   one JSON line per phase: before training, validation, resumed
+        checkpoint_*/                   Ray Train's checkpoints (the best by S-measure and the latest)
+            adapter.safetensors         the adapter (weights.py's format)
+            train_state.pt              optimizer, scheduler, epoch, step (weights_only)
+            metrics.json                the epoch's record
+
+Torch-free: the segment job's driver and evaluation read runs through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import List, Optional
+
+from ..data import storage
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_PREFIX = "checkpoint_"
+ADAPTER_FILE = "adapter.safetensors"
+STATE_FILE = "train_state.pt"
+CHECKPOINT_METRICS = "metrics.json"
+SELECT_BY = "s_measure"  # the metric that picks the best checkpoint (higher is better)
+
+
+def checkpoint_dirs(run_uri: str) -> List[str]:
+    """URIs of the run's checkpoint folders (none when the run does not exist)."""
+    fs, path = storage.fsspec_filesystem(run_uri)
+    if not fs.exists(path):
+        return []
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=True) if e["type"] == "directory"]
+    return [storage.join(run_uri, n) for n in sorted(names) if n.startswith(CHECKPOINT_PREFIX)]
+
+
+def run_exists(run_uri: str) -> bool:
+    """Whether a run has checkpoints to continue from."""
+    return bool(checkpoint_dirs(run_uri))
+
+
+def best_checkpoint(run_uri: str) -> Optional[str]:
+    """The checkpoint folder with the highest ``SELECT_BY`` that holds an adapter, or None."""
+    best, best_score = None, float("-inf")
+    for ckpt in checkpoint_dirs(run_uri):
+        try:
+            metrics = json.loads(storage.read_bytes(storage.join(ckpt, CHECKPOINT_METRICS)))
+        except FileNotFoundError:
+            continue
+        score = float(metrics.get(SELECT_BY, float("-inf")))
+        if score > best_score and storage.exists(storage.join(ckpt, ADAPTER_FILE)):
+            best, best_score = ckpt, score
+    if best is not None:
+        log.info("best checkpoint of %s (%s %.3f): %s", run_uri, SELECT_BY, best_score, best)
+    return best
+
+
+def resolve_adapter(uri: str) -> str:
+    """An adapter file from an adapter path, a checkpoint folder or a run folder (its best
+    checkpoint)."""
+    uri = str(uri).rstrip("/")
+    if uri.endswith(".safetensors"):
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"checkpoint {uri} does not exist")
+        return uri
+    adapter = storage.join(uri, ADAPTER_FILE)
+    if storage.exists(adapter):
+        return adapter
+    fs, path = storage.fsspec_filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"checkpoint {uri} does not exist")
+    best = best_checkpoint(uri)
+    if best is None:
+        raise FileNotFoundError(
+            f"{uri}: no adapter checkpoint found (expected an adapter .safetensors file, a checkpoint "
+            f"folder with {ADAPTER_FILE}, or a training run folder with {CHECKPOINT_PREFIX}* folders)")
+    return storage.join(best, ADAPTER_FILE)
+
+
+def append_metrics_line(run_uri: str, record: dict) -> None:
+    """Append one JSON line to the run's metrics log (rewritten whole: object stores cannot
+    append)."""
+    uri = storage.join(run_uri, METRICS_FILE)
+    try:
+        existing = storage.read_bytes(uri)
+    except FileNotFoundError:
+        existing = b""
+    storage.write_bytes(uri, existing + (json.dumps(record) + "\n").encode())
+
+
+def read_metrics_lines(run_uri: str) -> List[dict]:
+    try:
+        data = storage.read_bytes(storage.join(run_uri, METRICS_FILE))
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
