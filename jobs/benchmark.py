@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
     from samadapter import benchmark as B
-    from samadapter.modeling.build import arch_config
+    from samadapter.modeling.arch import arch_config
 
     img_size = args.img_size or arch_config(args.arch).img_size
     machine = B.describe_machine()

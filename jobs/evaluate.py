@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from samadapter.data import storage
+    from samadapter import storage
     from samadapter.metrics import format_table
     from samadapter.modeling.weights import CheckpointError
     from samadapter.segment.evaluate import evaluate_checkpoint, evaluate_predictions, write_report

@@ -20,7 +20,7 @@ def storage_error(exc: BaseException) -> bool:
     with status 2 like other input errors; False when ``exc`` is something else."""
     import sys
 
-    from .data.storage import explain
+    from .storage import explain
 
     message = explain(exc)
     if message is None:

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional
 import numpy as np
 from PIL import Image
 
-from .data import storage
+from . import storage
 from .data.transforms import decode_image, encode_png, low_res_mask, resize_for_model
 
 

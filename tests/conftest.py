@@ -87,7 +87,7 @@ def s3_server():
     """A real S3 HTTP endpoint on loopback (moto's server) with a bucket ``test-bucket``.
 
     Sets ``AWS_ENDPOINT_URL`` and dummy credentials in this process's environment, so
-    s3fs, pyarrow (through samadapter.data.storage) and Ray workers started after this
+    s3fs, pyarrow (through samadapter.storage) and Ray workers started after this
     fixture all reach it.
     """
     import boto3

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from samadapter.data import sources, storage
+from samadapter import storage
+from samadapter.data import sources
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.reading import iter_decoded_batches, iter_records, read_split
 from samadapter.data.records import DatasetExistsError, read_manifest

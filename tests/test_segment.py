@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from samadapter import build_model
-from samadapter.data import storage
+from samadapter import storage
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.segment.layout import output_key

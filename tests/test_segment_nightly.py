@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from samadapter import build_model
-from samadapter.data import storage
+from samadapter import storage
 from samadapter.segment.ledger import read_ledger_table
 from samadapter.segment.run import SegmentConfig, run_segmentation
 

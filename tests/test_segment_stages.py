@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from samadapter.data import storage
+from samadapter import storage
 from samadapter.segment import stages
 
 

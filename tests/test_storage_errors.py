@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from samadapter.data.storage import explain
+from samadapter.storage import explain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from samadapter import build_model
-from samadapter.data import storage
+from samadapter import storage
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.train.config import TrainConfig

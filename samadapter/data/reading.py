@@ -8,7 +8,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pyarrow.dataset as pads
 
-from . import storage
+from .. import storage
 from .records import COLUMNS, read_manifest, split_uri
 from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_uint8
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from .. import storage
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import storage
+from .. import storage
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,11 @@
 
 from .adapter import PromptGenerator, high_pass_filter
 from .attention import SdpaAttention, set_attention
-from .build import ARCHS, ArchConfig, arch_config, build_from_adapter, build_from_config, build_model
+from .arch import ARCHS, ArchConfig, arch_config
+from .build import build_from_adapter, build_from_config, build_model
 from .encoder import AdaptedImageEncoder
-from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter, resize_logits
+from ..ops import resize_logits
+from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter
 from .weights import CheckpointError, load_adapter, load_sam_checkpoint, save_adapter
 
 __all__ = [

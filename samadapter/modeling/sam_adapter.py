@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,11 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import nn
 
 from ..constants import PIXEL_MEAN, PIXEL_STD
-from ..ops import resize_logits
+from .arch import ADAPTER_PREFIXES, DECODER_PREFIX, PROMPT_PREFIX, UNUSED_DECODER_PREFIX
 from .encoder import AdaptedImageEncoder
 
 # Prefixes of the tensors that are trained and saved in an adapter checkpoint.
-ADAPTER_PREFIXES = ("image_encoder.prompt_generator.", "mask_decoder.")
+
 
 
 class BatchedMaskDecoder(MaskDecoder):
@@ -90,9 +90,9 @@ class SamAdapter(nn.Module):
     def is_trainable_name(name: str) -> bool:
         """Whether a parameter (by state-dict name) is trained: prompt generator + decoder
         without its unused IoU head."""
-        if name.startswith("image_encoder.prompt_generator."):
+        if name.startswith(PROMPT_PREFIX):
             return True
-        return name.startswith("mask_decoder.") and not name.startswith("mask_decoder.iou_prediction_head.")
+        return name.startswith(DECODER_PREFIX) and not name.startswith(UNUSED_DECODER_PREFIX)
 
     def freeze(self) -> None:
         """Freeze everything but the prompt generator and the mask decoder (minus IoU head)."""
@@ -179,9 +179,3 @@ class SamAdapter(nn.Module):
         s = self.img_size
         return F.interpolate(self.low_res_logits(images), size=(s, s), mode="bilinear", align_corners=False)
 
-    @staticmethod
-    def resize_logits(
-        logits: torch.Tensor, original_size: Sequence[int], valid_size: Optional[Sequence[int]] = None
-    ) -> torch.Tensor:
-        """See :func:`resize_logits`."""
-        return resize_logits(logits, tuple(original_size), None if valid_size is None else tuple(valid_size))

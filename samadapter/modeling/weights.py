@@ -12,20 +12,23 @@ import json
 import logging
 import re
 import struct
-from typing import Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, Optional
 
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from ..data import storage
-from .sam_adapter import SamAdapter
+from .. import storage
+from .arch import ARCHS
+from .arch import PROMPT_PREFIX as _PROMPT_PREFIX
+
+if TYPE_CHECKING:  # annotations only: the model imports this module, not the other way round
+    from .sam_adapter import SamAdapter
 
 log = logging.getLogger(__name__)
 
 ADAPTER_FORMAT = "samadapter-adapter"
 ADAPTER_VERSION = "1"
-_PROMPT_PREFIX = "image_encoder.prompt_generator."
 # Tensors SAM's model registers but does not persist; tolerated if a file has them.
 _IGNORED_SAM_KEYS = ("pixel_mean", "pixel_std")
 
@@ -70,7 +73,6 @@ def load_state_dict(uri: str) -> Dict[str, torch.Tensor]:
 # ------------------------------------------------------------ official SAM files
 def _describe_checkpoint(sd: Dict[str, torch.Tensor]) -> Optional[str]:
     """Guess the registry arch that fits an official-layout state dict."""
-    from .build import ARCHS
 
     proj = sd.get("image_encoder.patch_embed.proj.weight")
     if proj is None:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from ..data import storage
+from .. import storage
 from ..data.reading import iter_records
 from ..data.transforms import decode_sample
 from ..metrics import CODMetrics, format_table

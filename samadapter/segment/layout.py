@@ -24,7 +24,7 @@ from __future__ import annotations
 import posixpath
 from typing import Optional
 
-from ..data import storage
+from .. import storage
 
 MASKS, PROBS, OVERLAYS, LEDGER = "masks", "probs", "overlays", "ledger"
 OUTPUT_KINDS = (MASKS, PROBS, OVERLAYS)

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..data import storage
+from .. import storage
 from ..data.transforms import CORRUPT, NOT_AN_IMAGE, OK, TOO_MANY_PIXELS, TRUNCATED, ZERO_BYTES
 from . import layout
 

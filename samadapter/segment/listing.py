@@ -47,7 +47,7 @@ from urllib.parse import unquote_plus
 import numpy as np
 import pyarrow as pa
 
-from ..data import storage
+from .. import storage
 from ..data.sources import IMAGE_EXTENSIONS
 from . import layout
 from .ledger import SKIPPED, UNSAFE_KEY

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from ..data import storage
+from .. import storage
 from ..data.transforms import OK
 from . import layout, ledger
 from .listing import dataset_rows, detect_format, expand_archives, list_prefix, read_key_list, to_input_rows

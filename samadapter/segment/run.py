@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..data import storage
+from .. import storage
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
 from ..train import runs
 from . import ledger, model, plan, resources, stages

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from ..data import storage
+from .. import storage
 from ..data.transforms import (
     NOT_AN_IMAGE, OK, ZERO_BYTES, decode_image, encode_png, low_res_mask, low_res_probs, resize_for_model, resized_size,
 )

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ..data import storage
+from .. import storage
 from ..data.transforms import RESIZE_MODES
 from ..modeling.attention import ATTENTION_IMPLS
-from ..modeling.build import ARCHS, arch_config
+from ..modeling.arch import ARCHS, arch_config
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..data import storage
+from .. import storage
 from ..data.reading import decode_for_training
 from ..data.records import MANIFEST_NAME, read_manifest
 from .config import ConfigError, TrainConfig

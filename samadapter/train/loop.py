@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from ..data import storage
+from .. import storage
 from ..modeling import build_model
 from ..modeling import weights as weights_mod
 from ..ops import to_model_input

@@ -17,7 +17,7 @@ import json
 import logging
 from typing import List, Optional
 
-from ..data import storage
+from .. import storage
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,127 @@
+"""The registry of SAM-Adapter architectures: every size of a model, by name.
+
+It imports nothing of the model: ``build.py`` builds from it and ``weights.py`` recognises
+checkpoints by it, with no import cycle between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple
+
+# The adapter, by state-dict key: the prompt generator and the mask decoder (without its
+# unused IoU head when training). Defined once, for the model and for weight files.
+PROMPT_PREFIX = "image_encoder.prompt_generator."
+DECODER_PREFIX = "mask_decoder."
+UNUSED_DECODER_PREFIX = "mask_decoder.iou_prediction_head."
+ADAPTER_PREFIXES = (PROMPT_PREFIX, DECODER_PREFIX)
+
+
+@dataclass
+class ArchConfig:
+    """Every size of a SAM-Adapter model. The registry entries differ only in these."""
+
+    name: str = "custom"
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    out_chans: int = 256  # = prompt embedding width of the decoder
+    # prompt generator
+    scale_factor: int = 32
+    freq_ratio: float = 0.25
+    handcrafted_weight: float = 1.0
+    embedding_weight: float = 1.0
+    reference_layout: bool = False
+    # mask decoder
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    # seed of the random init of everything a SAM checkpoint would provide
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.global_attn_indexes = tuple(int(i) for i in self.global_attn_indexes)
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
+        if self.embed_dim % self.scale_factor:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} must be divisible by scale_factor {self.scale_factor} "
+                f"(the prompt width d = embed_dim / scale_factor)"
+            )
+        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1} (depth {self.depth})")
+        if not 0 <= self.freq_ratio < 1:
+            raise ValueError(f"freq_ratio must be in [0, 1), got {self.freq_ratio}")
+        if self.out_chans % 8:
+            raise ValueError(f"out_chans {self.out_chans} must be a multiple of 8 (the decoder upscales to /8)")
+
+    @property
+    def embedding_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["global_attn_indexes"] = list(self.global_attn_indexes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+ARCHS = {
+    "vit_h": ArchConfig(
+        name="vit_h", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+    ),
+    "vit_l": ArchConfig(
+        name="vit_l", embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+    ),
+    "vit_b": ArchConfig(
+        name="vit_b", embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)
+    ),
+    # Debug size: runs everything on CPU. Its decoder is narrowed too so that training
+    # on two CPU cores takes minutes.
+    "tiny": ArchConfig(
+        name="tiny",
+        img_size=256,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        global_attn_indexes=(1, 3),
+        window_size=4,
+        scale_factor=8,
+        out_chans=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+    ),
+}
+
+
+def arch_config(arch: str, **overrides) -> ArchConfig:
+    """The registry entry ``arch`` with ``overrides`` applied (any ArchConfig field)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    known = {f.name for f in dataclasses.fields(ArchConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown architecture overrides {unknown}; known fields: {sorted(known - {'name'})}")
+    return dataclasses.replace(ARCHS[arch], **overrides)
