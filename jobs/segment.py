@@ -89,11 +89,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     embedded = args.input is None and args.input_list is None and args.checkpoint is None
     if args.input is None and args.input_list is None:
+        from samadapter.data.records import DATASET_INFO_FILE
         from samadapter.train.config import DataConfig
 
         args.input = DataConfig().dataset_uri()
         args.split = args.split or "test"
-        if not os.path.exists(os.path.join(args.input, "_dataset.json")):
+        if not os.path.exists(os.path.join(args.input, DATASET_INFO_FILE)):
             print(f"error: the embedded synthetic dataset is not at {args.input}; run `python jobs/train.py` first "
                   "(it creates the dataset and a checkpoint), or pass --input", file=sys.stderr)
             return 2

@@ -17,7 +17,7 @@ from samadapter import storage
 from samadapter.data import sources
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.reading import iter_decoded_batches, iter_records, read_split
-from samadapter.data.records import DatasetExistsError, read_manifest
+from samadapter.data.records import DatasetExistsError, read_dataset_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPARE = os.path.join(ROOT, "jobs", "prepare_data.py")
@@ -70,7 +70,7 @@ def test_cod10k_v3_layout(tmp_path):
     assert summary["written"] == {"train": 3, "test": 2}
     _check_bad_three(summary)
     assert summary["skipped_by_status"]["non_camouflaged"] == 1
-    manifest = read_manifest(str(tmp_path / "out"))
+    manifest = read_dataset_info(str(tmp_path / "out"))
     assert manifest["splits"] == {"test": 2, "train": 3}
 
 
@@ -165,7 +165,7 @@ def test_s3_round_trip_with_ray_data_and_pyarrow(s3_server, ray_local, tmp_path)
         capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )
     assert r.returncode == 0, r.stderr
-    manifest = read_manifest(uri)
+    manifest = read_dataset_info(uri)
     assert manifest["splits"] == {"test": 4, "train": 10}
 
     # the same dataset written locally, for byte-for-byte comparison

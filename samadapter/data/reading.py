@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from .. import storage
-from .records import COLUMNS, read_manifest, split_uri
+from .records import COLUMNS, read_dataset_info, split_uri
 from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_uint8
 
 log = logging.getLogger(__name__)
 
 
 def _check_split(dataset_uri: str, split: str) -> dict:
-    manifest = read_manifest(dataset_uri)
+    manifest = read_dataset_info(dataset_uri)
     if split not in manifest["splits"]:
         raise ValueError(
             f"{dataset_uri} has no split {split!r}; it has {sorted(manifest['splits'])}"

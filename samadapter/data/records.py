@@ -25,7 +25,7 @@ from .. import storage
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "_dataset.json"
+DATASET_INFO_FILE = "_dataset.json"
 DEFAULT_SHARD_MB = 128.0
 
 SCHEMA = pa.schema(
@@ -61,14 +61,14 @@ def split_uri(dataset_uri: str, split: str) -> str:
     return storage.join(dataset_uri, split)
 
 
-def read_manifest(dataset_uri: str) -> dict:
+def read_dataset_info(dataset_uri: str) -> dict:
     """The dataset's ``_dataset.json``; a clear error when it is not a dataset."""
-    uri = storage.join(dataset_uri, MANIFEST_NAME)
+    uri = storage.join(dataset_uri, DATASET_INFO_FILE)
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{dataset_uri} is not a complete samadapter dataset (no {MANIFEST_NAME}); "
+            f"{dataset_uri} is not a complete samadapter dataset (no {DATASET_INFO_FILE}); "
             "create one with jobs/prepare_data.py"
         ) from None
     manifest = json.loads(data)
@@ -102,7 +102,7 @@ class DatasetWriter:
         existing = storage.list_files(self.uri)
         if existing:
             if not overwrite:
-                complete = any(p.endswith(MANIFEST_NAME) for p in existing)
+                complete = any(p.endswith(DATASET_INFO_FILE) for p in existing)
                 raise DatasetExistsError(
                     f"{self.uri} already holds {'a dataset' if complete else f'{len(existing)} files (an incomplete dataset?)'}; "
                     "pass --overwrite to replace it, or choose another --output"
@@ -180,7 +180,7 @@ class DatasetWriter:
             "columns": list(COLUMNS),
             **self.extra,
         }
-        storage.write_bytes(storage.join(self.uri, MANIFEST_NAME), json.dumps(manifest, indent=2).encode())
+        storage.write_bytes(storage.join(self.uri, DATASET_INFO_FILE), json.dumps(manifest, indent=2).encode())
         return manifest
 
     def abort(self) -> None:

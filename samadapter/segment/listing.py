@@ -360,14 +360,14 @@ def dataset_rows(batch: Dict[str, np.ndarray], dataset_uri: str, split: str) -> 
 def detect_format(uri: str, fmt: str) -> str:
     """``auto``: ``parquet`` for a prepared dataset, ``tar`` when the prefix's first listed
     objects are archives and no images, else ``images``."""
-    from ..data.records import MANIFEST_NAME
+    from ..data.records import DATASET_INFO_FILE
 
     if fmt not in INPUT_FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; choose one of {INPUT_FORMATS}")
-    if fmt in ("auto", "parquet") and storage.exists(storage.join(uri, MANIFEST_NAME)):
+    if fmt in ("auto", "parquet") and storage.exists(storage.join(uri, DATASET_INFO_FILE)):
         return "parquet"
     if fmt == "parquet":
-        raise ValueError(f"{uri} is not a samadapter dataset (no {MANIFEST_NAME})")
+        raise ValueError(f"{uri} is not a samadapter dataset (no {DATASET_INFO_FILE})")
     if fmt != "auto":
         return fmt
     fs, path = storage.fsspec_filesystem(uri)

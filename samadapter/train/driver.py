@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from .. import storage
 from ..data.reading import decode_for_training
-from ..data.records import MANIFEST_NAME, read_manifest
+from ..data.records import DATASET_INFO_FILE, read_dataset_info
 from .config import ConfigError, TrainConfig
 from .config import RunConfig as RunSection  # not ray.train.RunConfig
 from .loop import train_loop_per_worker
@@ -38,7 +38,7 @@ def ensure_embedded_dataset(cfg: TrainConfig, progress: bool = True) -> str:
     uri = cfg.data.dataset_uri()
     if cfg.data.dataset:
         return uri
-    if storage.exists(storage.join(uri, MANIFEST_NAME)):
+    if storage.exists(storage.join(uri, DATASET_INFO_FILE)):
         return uri
     from ..data.prepare import prepare_dataset
     from ..data.sources import synthetic_listing
@@ -92,7 +92,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         log.info("run %s exists under %s: continuing from its latest checkpoint", cfg.run.name, storage_uri)
 
     dataset_uri = _absolute(ensure_embedded_dataset(cfg, progress=progress))
-    manifest = read_manifest(dataset_uri)
+    manifest = read_dataset_info(dataset_uri)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if split not in manifest["splits"]:
             raise ConfigError(f"dataset {dataset_uri} has no split {split!r} (it has {sorted(manifest['splits'])}); set data.train_split / data.val_split")
