@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from samadapter import storage
     from samadapter.metrics import format_table
     from samadapter.modeling.weights import CheckpointError
-    from samadapter.segment.evaluate import evaluate_checkpoint, evaluate_predictions, write_report
+    from samadapter.evaluate.evaluation import evaluate_checkpoint, evaluate_predictions, write_report
 
     source = args.checkpoint or args.predictions
     base = source.rsplit("/", 1)[0] if source.endswith(".safetensors") else source

@@ -242,7 +242,7 @@ def test_parquet_input_and_evaluation(ray_local, adapter, tmp_path):
 
 def test_evaluate_perfect_and_empty_predictions(tmp_path):
     from samadapter.data.reading import iter_records
-    from samadapter.segment.evaluate import evaluate_predictions
+    from samadapter.evaluate.evaluation import evaluate_predictions
 
     data = str(tmp_path / "ds")
     prepare_dataset(synthetic_listing(1, 4, size=48, seed=6), data, progress=False)

@@ -95,7 +95,7 @@ def test_a_row_that_fails_to_decode_is_kept_and_counted():
 def test_validation_scores_equal_jobs_evaluate(dataset, checkpoint, mode):
     """The training loop's validation (uint8 rows from the Ray Data decode stage) and
     jobs/evaluate.py (its own decode and normalisation) score a checkpoint the same."""
-    from samadapter.segment.evaluate import evaluate_checkpoint
+    from samadapter.evaluate.evaluation import evaluate_checkpoint
     from samadapter.modeling import build_from_adapter
 
     reference = evaluate_checkpoint(dataset, "test", checkpoint, batch_size=3, resize_mode=mode, keep_examples=False)

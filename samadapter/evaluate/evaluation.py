@@ -20,7 +20,7 @@ from .. import storage
 from ..data.reading import iter_records
 from ..data.transforms import decode_sample
 from ..metrics import CODMetrics, format_table
-from .layout import output_key
+from ..segment.layout import output_key
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def evaluate_checkpoint(
     """Run a checkpoint over a split and score it at the ground truths' original sizes."""
     import torch
 
-    from ..predict import predict_split
+    from .predict import predict_split
     from ..modeling import build_from_adapter
     from ..train.runs import resolve_adapter
 

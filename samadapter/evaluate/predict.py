@@ -7,9 +7,9 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .data.reading import iter_records
-from .data.transforms import Decoded, decode_sample, prepare_input
-from .ops import resize_logits
+from ..data.reading import iter_records
+from ..data.transforms import Decoded, decode_sample, prepare_uint8
+from ..ops import resize_logits, to_model_input
 
 
 def predict_split(
@@ -35,9 +35,8 @@ def predict_split(
     pending = []
 
     def flush():
-        x = torch.from_numpy(np.stack([p[2] for p in pending])).to(device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
+            logits = model(to_model_input(np.stack([p[2] for p in pending]), model))
         for i, (image_id, decoded, _, valid) in enumerate(pending):
             full = resize_logits(logits[i : i + 1], decoded.mask.shape, valid if resize_mode == "pad" else None)
             yield image_id, decoded, torch.sigmoid(full)[0, 0].float().cpu().numpy()
@@ -55,7 +54,7 @@ def predict_split(
                 if not decoded.ok:
                     yield image_id, decoded, None
                     continue
-                x, _, valid = prepare_input(decoded.image, size, resize_mode)
+                x, _, valid = prepare_uint8(decoded.image, size, resize_mode)
                 pending.append((image_id, decoded, x, valid))
                 if len(pending) >= batch_size:
                     yield from flush()
