@@ -28,12 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from samadapter.cli import doc_parser  # noqa: E402
+from samadapter.cli import doc_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:

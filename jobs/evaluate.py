@@ -16,9 +16,7 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from samadapter.cli import doc_parser, storage_error  # noqa: E402
+from samadapter.cli import doc_parser, storage_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -20,10 +20,8 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from samadapter.cli import doc_parser  # noqa: E402
-from samadapter.nightly import NightlyConfig, run_nightly  # noqa: E402
+from samadapter.cli import doc_parser
+from samadapter.nightly import NightlyConfig, run_nightly
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from samadapter.cli import doc_parser, storage_error  # noqa: E402
-
-from samadapter.data import sources  # noqa: E402
-from samadapter.data.prepare import prepare_dataset  # noqa: E402
-from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError  # noqa: E402
-from samadapter.data.transforms import DEFAULT_MAX_PIXELS  # noqa: E402
+from samadapter.cli import doc_parser, storage_error
+from samadapter.data import sources
+from samadapter.data.prepare import prepare_dataset
+from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError
+from samadapter.data.transforms import DEFAULT_MAX_PIXELS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

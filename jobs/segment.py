@@ -36,11 +36,8 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from samadapter.cli import doc_parser, storage_error  # noqa: E402
-
-from samadapter.segment.run import SegmentConfig  # noqa: E402
+from samadapter.cli import add_config_arguments, config_from_args, doc_parser, storage_error
+from samadapter.segment.run import SegmentConfig
 
 DEFAULT_RUN = os.path.join("runs", "local-tiny")
 DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
@@ -48,38 +45,7 @@ DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = doc_parser("segment.py", __doc__)
-    g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--input", help="image prefix, .tar prefix or Parquet dataset (URI); default: the embedded synthetic test split")
-    g.add_argument("--input-list", help="key list instead of --input: Parquet/CSV with a uri (or key) column, or an S3 Inventory manifest.json")
-    g.add_argument("--input-root", help="outputs mirror input keys relative to this URI (default: the bucket root of --input, or the --input folder; "
-                   "an inventory's source bucket)")
-    g.add_argument("--input-format", choices=["auto", "images", "tar", "parquet"], default="auto")
-    g.add_argument("--split", help="split of a Parquet dataset input (default test)")
-    g.add_argument("--output", help=f"output prefix (URI); default {DEFAULT_OUTPUT}")
-    g.add_argument("--checkpoint", help=f"adapter .safetensors, a checkpoint folder, or a training run folder (its best checkpoint); default {DEFAULT_RUN}")
-    g.add_argument("--sam-checkpoint", help="the official SAM weights the adapter was trained on (path or URI)")
-    g.add_argument("--save-probs", action="store_true", help="also write 8-bit probability maps under probs/")
-    g.add_argument("--overlays", action="store_true", help="also write image | overlay pictures under overlays/")
-    g = p.add_argument_group("what a night does")
-    g.add_argument("--dry-run", action="store_true", help="plan only and print the table (listed, done, known failures, to do); builds no model")
-    g.add_argument("--backfill", action="store_true", help="also redo inputs that only other (older) models segmented")
-    g.add_argument("--retry-failed", action="store_true", help="retry inputs that failed permanently before (bad image files)")
-    g.add_argument("--force", action="store_true", help="redo every input")
-    g.add_argument("--max-failed-fraction", type=float, default=0.01, help="exit 1 above this fraction of failures among tonight's inputs (default 0.01)")
-    g = p.add_argument_group("model and resources")
-    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
-                   help="auto (default): GPUs wherever the cluster has or can scale up GPUs, else CPU; cpu: run on CPUs on purpose")
-    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1, or 0 where no GPU can exist)")
-    g.add_argument("--min-actors", type=int, default=1, help="smallest model actor pool (default 1)")
-    g.add_argument("--max-actors", type=int, default=None, help="largest model actor pool (default: the GPUs the cluster can scale to)")
-    g.add_argument("--gpu-wait-minutes", type=float, default=20.0, help="fail if the first GPU nodes are not up after this long (default 20)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per model call (default 4)")
-    g.add_argument("--ledger-rows-per-file", type=int, default=20_000,
-                   help="ledger rows per Parquet file written by the workers (default 20000; a killed run redoes at most this many per writer)")
-    g.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks (default 0.5)")
-    g.add_argument("--resize-mode", choices=["squash", "pad"], default="squash", help="how images are fitted to the model input (default squash, as trained)")
-    g.add_argument("--attention", choices=["auto", "fast", "original"], default="auto", help="encoder attention path (default auto: fast for SAM's 14-token windows, original for tiny)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (slower start, faster steady state on GPU)")
+    add_config_arguments(p, SegmentConfig)  # every SegmentConfig field, with its default and choices
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     return p.parse_args(argv)
 
@@ -109,16 +75,7 @@ def main(argv=None) -> int:
     if embedded:
         args.overlays = True
     try:
-        cfg = SegmentConfig(
-            input=args.input, input_list=args.input_list, input_root=args.input_root, output=args.output,
-            checkpoint=args.checkpoint, sam_checkpoint=args.sam_checkpoint, input_format=args.input_format, split=args.split,
-            batch_size=args.batch_size, device=args.device, gpus_per_actor=args.gpus_per_actor, min_actors=args.min_actors,
-            max_actors=args.max_actors, gpu_wait_minutes=args.gpu_wait_minutes, save_probs=args.save_probs,
-            overlays=args.overlays, force=args.force, backfill=args.backfill, retry_failed=args.retry_failed,
-            dry_run=args.dry_run, max_failed_fraction=args.max_failed_fraction, threshold=args.threshold,
-            resize_mode=args.resize_mode, attention=args.attention, compile=args.compile,
-            ledger_rows_per_file=args.ledger_rows_per_file,
-        )
+        cfg = config_from_args(SegmentConfig, args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

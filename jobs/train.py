@@ -22,11 +22,8 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from samadapter.cli import doc_parser, storage_error  # noqa: E402
-
-from samadapter.train.config import ConfigError, TrainConfig  # noqa: E402
+from samadapter.cli import doc_parser, storage_error
+from samadapter.train.config import ConfigError, TrainConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local-tiny.yaml")
 

@@ -27,3 +27,55 @@ def storage_error(exc: BaseException) -> bool:
         return False
     print(f"error: {message}", file=sys.stderr)
     return True
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """One ``--flag`` per field of a config dataclass: type, default and choices from the
+    field, help and argument group from its metadata (``help``, ``group``, ``choices``).
+
+    Booleans that default to False are switches; ``Optional[bool]`` fields get
+    ``--flag/--no-flag`` (unset: the config decides). Required fields get default None,
+    for the job to fill in or reject.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    groups = {}
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        target = parser
+        if meta.get("group"):
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = type(None) in typing.get_args(tp)
+        base = args[0] if optional else tp
+        default = None if f.default is dataclasses.MISSING else f.default
+        help_text = meta.get("help", "")
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            if optional:
+                target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            else:
+                target.add_argument(flag, action="store_true", default=bool(default), help=help_text)
+            continue
+        kwargs = {"type": base, "default": default}
+        if "choices" in meta:
+            kwargs["choices"] = list(meta["choices"])
+        if default is not None:
+            help_text += " (default %(default)s)"
+        target.add_argument(flag, help=help_text, **kwargs)
+
+
+def config_from_args(config_cls, args: argparse.Namespace, **overrides):
+    """The config dataclass from parsed arguments (``add_config_arguments``), with overrides."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return config_cls(**values)

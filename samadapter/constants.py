@@ -3,3 +3,6 @@
 # SAM's pixel normalization (RGB, 0..255 input).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+# The encoder's attention paths (modeling/attention.py).
+ATTENTION_IMPLS = ("original", "fast", "auto")

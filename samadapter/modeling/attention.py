@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
-ATTENTION_IMPLS = ("original", "fast", "auto")
+from ..constants import ATTENTION_IMPLS
+
 
 
 class SdpaAttention(Attention):

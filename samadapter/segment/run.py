@@ -19,45 +19,63 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .. import storage
+from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
 from ..train import runs
 from . import ledger, model, plan, resources, stages
+from .listing import INPUT_FORMATS
 
 log = logging.getLogger(__name__)
 
 
+def _opt(default, help: str, group: str, **meta):
+    """A SegmentConfig field with what its command-line flag needs (``cli.add_config_arguments``)."""
+    return field(default=default, metadata={"help": help, "group": group, **meta})
+
+
+IO, NIGHT, MODEL = "inputs and outputs", "what a night does", "model and resources"
+
+
 @dataclass
 class SegmentConfig:
-    output: str
-    checkpoint: str
-    input: Optional[str] = None  # a prefix of images or .tar archives, or a Parquet dataset
-    input_list: Optional[str] = None  # a key list (Parquet/CSV) or an S3 Inventory manifest.json
-    input_root: Optional[str] = None  # outputs mirror keys relative to it (default: the bucket root / the folder)
-    sam_checkpoint: Optional[str] = None
-    input_format: str = "auto"
-    split: Optional[str] = None
-    batch_size: int = 4
-    device: str = "auto"  # auto | cuda | cpu
-    gpus_per_actor: Optional[float] = None  # None: 1 where GPUs exist or can be scaled up, else 0
-    min_actors: int = 1
-    max_actors: Optional[int] = None  # None: what the cluster can scale to
-    cpus_per_actor: float = 1.0
-    gpu_wait_minutes: float = 20.0
-    save_probs: bool = False
-    overlays: bool = False
-    force: bool = False
-    backfill: bool = False
-    retry_failed: bool = False
-    dry_run: bool = False
-    max_failed_fraction: float = 0.01
-    threshold: float = 0.5
-    resize_mode: str = "squash"
-    bf16: Optional[bool] = None  # None: on with CUDA
-    attention: str = "auto"
-    compile: bool = False  # torch.compile the model in each actor
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    read_batch_size: int = 16
-    ledger_rows_per_file: int = 20_000
+    """Everything the segment job does; ``jobs/segment.py``'s flags are generated from it."""
+
+    output: str = field(metadata={"help": "output prefix (URI)", "group": IO})
+    checkpoint: str = field(metadata={"help": "adapter .safetensors, a checkpoint folder, or a training run folder "
+                                              "(its best checkpoint)", "group": IO})
+    input: Optional[str] = _opt(None, "image prefix, .tar prefix or Parquet dataset (URI)", IO)
+    input_list: Optional[str] = _opt(None, "key list instead of --input: Parquet/CSV with a uri (or key) column, "
+                                           "or an S3 Inventory manifest.json", IO)
+    input_root: Optional[str] = _opt(None, "outputs mirror input keys relative to this URI (default: the bucket root "
+                                           "of --input, or the --input folder; an inventory's source bucket)", IO)
+    sam_checkpoint: Optional[str] = _opt(None, "the official SAM weights the adapter was trained on (path or URI)", IO)
+    input_format: str = _opt("auto", "what --input holds", IO, choices=INPUT_FORMATS)
+    split: Optional[str] = _opt(None, "split of a Parquet dataset input (default test)", IO)
+    save_probs: bool = _opt(False, "also write 8-bit probability maps under probs/", IO)
+    overlays: bool = _opt(False, "also write image | overlay pictures under overlays/", IO)
+    dry_run: bool = _opt(False, "plan only and print the table (listed, done, known failures, to do); builds no model", NIGHT)
+    backfill: bool = _opt(False, "also redo inputs that only other (older) models segmented", NIGHT)
+    retry_failed: bool = _opt(False, "retry inputs that failed permanently before (bad image files)", NIGHT)
+    force: bool = _opt(False, "redo every input", NIGHT)
+    max_failed_fraction: float = _opt(0.01, "exit 1 above this fraction of failures among tonight's inputs", NIGHT)
+    device: str = _opt("auto", "auto: GPUs wherever the cluster has or can scale up GPUs, else CPU; cpu: CPUs on purpose",
+                       MODEL, choices=resources.DEVICES)
+    gpus_per_actor: Optional[float] = _opt(None, "GPUs per model actor (default: 1, or 0 where no GPU can exist)", MODEL)
+    min_actors: int = _opt(1, "smallest model actor pool", MODEL)
+    max_actors: Optional[int] = _opt(None, "largest model actor pool (default: the GPUs the cluster can scale to)", MODEL)
+    cpus_per_actor: float = _opt(1.0, "CPUs per model actor (its torch threads)", MODEL)
+    gpu_wait_minutes: float = _opt(20.0, "fail if the first GPU nodes are not up after this long", MODEL)
+    batch_size: int = _opt(4, "images per model call", MODEL)
+    read_batch_size: int = _opt(16, "objects per read task batch", MODEL)
+    ledger_rows_per_file: int = _opt(20_000, "ledger rows per Parquet file written by the workers (a killed run "
+                                             "redoes at most this many per writer)", MODEL)
+    threshold: float = _opt(0.5, "probability threshold of the masks", MODEL)
+    resize_mode: str = _opt("squash", "how images are fitted to the model input (as trained)", MODEL, choices=RESIZE_MODES)
+    bf16: Optional[bool] = _opt(None, "bf16 autocast in the actors (default: on with CUDA)", MODEL)
+    attention: str = _opt("auto", "encoder attention path (auto: fast for SAM's 14-token windows, original for tiny)",
+                          MODEL, choices=ATTENTION_IMPLS)
+    compile: bool = _opt(False, "torch.compile the model in each actor (slower start, faster steady state on GPU)", MODEL)
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are a too_many_pixels row, not decoded", MODEL)
 
     def __post_init__(self) -> None:
         if (self.input is None) == (self.input_list is None):

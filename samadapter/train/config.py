@@ -17,7 +17,7 @@ import yaml
 
 from .. import storage
 from ..data.transforms import RESIZE_MODES
-from ..modeling.attention import ATTENTION_IMPLS
+from ..constants import ATTENTION_IMPLS
 from ..modeling.arch import ARCHS, arch_config
 
 

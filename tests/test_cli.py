@@ -1,0 +1,67 @@
+"""The segment job's flags are generated from SegmentConfig: every field, its default, its choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import pytest
+
+from samadapter.constants import ATTENTION_IMPLS
+from samadapter.data.transforms import RESIZE_MODES
+from samadapter.segment.listing import INPUT_FORMATS
+from samadapter.segment.resources import DEVICES
+from samadapter.segment.run import SegmentConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _segment_job():
+    spec = importlib.util.spec_from_file_location("segment_job", os.path.join(ROOT, "jobs", "segment.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_field_is_a_flag_with_the_configs_default():
+    job = _segment_job()
+    args = job.parse_args([])
+    for f in dataclasses.fields(SegmentConfig):
+        assert hasattr(args, f.name), f"--{f.name.replace('_', '-')} missing"
+        want = None if f.default is dataclasses.MISSING else f.default
+        assert getattr(args, f.name) == want, f.name
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+
+
+def test_flags_set_every_field_and_choices_come_from_the_constants():
+    job = _segment_job()
+    args = job.parse_args(["--output", "o", "--checkpoint", "c", "--input", "i", "--cpus-per-actor", "2",
+                           "--read-batch-size", "8", "--max-pixels", "1000", "--no-bf16", "--compile", "--device", "cpu"])
+    cfg = job.config_from_args(SegmentConfig, args)
+    assert (cfg.cpus_per_actor, cfg.read_batch_size, cfg.max_pixels, cfg.bf16, cfg.compile, cfg.device) == (2.0, 8, 1000, False, True, "cpu")
+    assert job.parse_args(["--bf16"]).bf16 is True and job.parse_args([]).bf16 is None
+    parser_choices = {a.dest: tuple(a.choices) for a in job_parser(job)._actions if a.choices}
+    assert parser_choices == {"input_format": INPUT_FORMATS, "device": DEVICES, "resize_mode": tuple(RESIZE_MODES),
+                              "attention": ATTENTION_IMPLS}
+    with pytest.raises(SystemExit):
+        job.parse_args(["--device", "tpu"])
+
+
+def job_parser(job):
+    """The parser parse_args builds (rebuilt here to inspect its actions)."""
+    import argparse
+
+    captured = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, *a, **k):
+        captured["parser"] = self
+        return real(self, *a, **k)
+
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        job.parse_args([])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    return captured["parser"]
