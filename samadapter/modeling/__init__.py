@@ -7,7 +7,7 @@ from .build import build_from_adapter, build_from_config, build_model
 from .encoder import AdaptedImageEncoder
 from ..ops import resize_logits
 from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter
-from .weights import CheckpointError, load_adapter, load_sam_checkpoint, save_adapter
+from .weights import CheckpointError, load_adapter, load_sam_checkpoint
 
 __all__ = [
     "ARCHS",
@@ -28,6 +28,5 @@ __all__ = [
     "load_adapter",
     "load_sam_checkpoint",
     "resize_logits",
-    "save_adapter",
     "set_attention",
 ]
