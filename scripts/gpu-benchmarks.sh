@@ -19,6 +19,8 @@
 # IMG_SIZE to run the same suite on something smaller (e.g. ARCH_BIG=vit_b IMG_SIZE=256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The package from this checkout, installed or not (the jobs import samadapter).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out=${1:-benchmark-gpu}
 big=${ARCH_BIG:-vit_h}
 small=${ARCH_SMALL:-vit_b}
