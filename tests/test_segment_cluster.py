@@ -44,9 +44,7 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     cfg = SegmentConfig(input=str(inp), output=str(tmp_path / "out"), checkpoint=adapter,
                         gpus_per_actor=1, min_actors=2, max_actors=2, batch_size=2,
                         read_batch_size=2)  # many small bundles, so both actors get work
-    # The placement is under test, not start-up timing: with 40 tiny images the first actor
-    # up can finish everything before the second has loaded its model, so the pool starts
-    # work only once both actors are ready.
+    # Both actors are placed (and so have a node) before work starts.
     ctx = ray.data.DataContext.get_current()
     saved, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120
     try:
@@ -56,7 +54,13 @@ def test_one_actor_per_gpu_node_with_cpu_fallback(two_gpu_nodes, tmp_path):
     assert summary.ok == 40
     rows = read_ledger_table(str(tmp_path / "out")).to_pylist()
     assert sorted(os.path.basename(r["uri"]) for r in rows) == sorted(os.listdir(inp))  # each image exactly once
-    actors = {r["actor"] for r in rows}
-    assert len(actors) == 2, actors
-    gpu_nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Resources"].get("GPU")}
-    assert {a.split(":")[0] for a in actors} == gpu_nodes  # one actor on each GPU node
+    # Placement, from Ray's own record of the pool's actors (alive or already gone): one on
+    # each GPU node. Which of them got blocks is Ray Data's business (locality, load): with
+    # 40 tiny images one actor may well do them all.
+    from ray.util.state import list_actors
+
+    pool = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Segmenter))")], detail=True, limit=100)
+    gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU")}
+    assert len(pool) == 2 and {a.node_id for a in pool} == gpu_nodes, [(a.node_id, a.state) for a in pool]
+    # the ledger names the actor that segmented each image: a pool actor on a GPU node
+    assert {r["actor"].split(":")[0] for r in rows} <= {n[:8] for n in gpu_nodes}
