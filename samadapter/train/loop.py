@@ -31,10 +31,9 @@ from ..ops import to_model_input
 from .config import TrainConfig
 from .losses import segmentation_loss
 from .runs import ADAPTER_FILE, CHECKPOINT_METRICS, STATE_FILE, append_metrics_line
-from .validation import TRAIN, VAL, _world, validate
+from .validation import TRAIN, VAL, rank_and_world, validate
 
 log = logging.getLogger("samadapter.train")
-
 
 
 # -------------------------------------------------------------- schedule
@@ -59,7 +58,7 @@ def replicas_in_sync(params: List[torch.nn.Parameter]) -> bool:
     Raises:
         RuntimeError: when they differ - gradients were not all-reduced, a bug.
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world == 1:
         return True
     digest = hashlib.sha256()

@@ -55,7 +55,7 @@ def train_data_config():
     return TrainDataConfig()
 
 
-def _world() -> Tuple[int, int]:
+def rank_and_world() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -95,7 +95,7 @@ def validate(model, shard, batch_size: int, resize_mode: str, bf16: bool) -> Dic
     """
     batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
     metrics, bad, rows = score_batches(model, batches, resize_mode, bf16)
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world > 1:
         gathered: List[Optional[tuple]] = [None] * world
         dist.all_gather_object(gathered, (metrics.scores, bad, rows))
