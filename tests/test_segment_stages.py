@@ -59,3 +59,23 @@ def test_masks_on_s3_and_a_failed_write_is_a_write_error_row(s3_server, tmp_path
                                     save_probs=False, overlays=False, img_size=32)
     assert list(rows["status"]) == ["write_error", "write_error"]
     assert all("NoSuchBucket" in r for r in rows["reason"]) and list(rows["output_key"]) == ["", ""]
+
+
+def test_other_fsspec_stores_are_listed_a_directory_at_a_time():
+    """A store that is neither S3 nor local (here fsspec's memory store) is listed through
+    fsspec: recursively every file, one level deep files plus sub-prefixes."""
+    import fsspec
+
+    from samadapter.segment.listing import _entries
+
+    fs = fsspec.filesystem("memory")
+    for key in ("lst/a.jpg", "lst/sub/b.jpg", "lst/sub/deep/c.png"):
+        fs.pipe(f"/{key}", b"xyz")
+    try:
+        assert sorted(u for u, _, d in _entries("memory://lst", True) if not d) == [
+            "memory:///lst/a.jpg", "memory:///lst/sub/b.jpg", "memory:///lst/sub/deep/c.png"]
+        assert sorted((u, d) for u, _, d in _entries("memory://lst", False)) == [
+            ("memory:///lst/a.jpg", False), ("memory:///lst/sub", True)]
+        assert all(v for _, v, d in _entries("memory://lst", True) if not d)  # a version for every file
+    finally:
+        fs.rm("/lst", recursive=True)

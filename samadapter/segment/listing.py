@@ -154,11 +154,14 @@ def _entries(uri: str, recursive: bool) -> Iterator[Tuple[str, str, bool]]:
                         st = e.stat()
                         yield e.path, f"{st.st_size}-{st.st_mtime_ns}", False
         return
-    fs, path = storage.fsspec_filesystem(base)  # any other fsspec store: its own listing
+    fs, path = storage.fsspec_filesystem(base)  # any other fsspec store: its own listing, a directory at a time
     sch = base.split("://", 1)[0]
-    infos = fs.find(path, detail=True) if recursive else {i["name"]: i for i in fs.ls(path, detail=True)}
-    for name, info in infos.items():
-        full = f"{sch}://{name.rstrip('/')}"
+    if recursive:
+        infos = (info for _, _, files in fs.walk(path, detail=True) for info in files.values())
+    else:
+        infos = iter(fs.ls(path, detail=True))
+    for info in infos:
+        full = f"{sch}://{info['name'].rstrip('/')}"
         yield full, str(info.get("ETag", info.get("etag", ""))).strip('"') or f"{info.get('size')}-{info.get('mtime', '')}", info["type"] == "directory"
 
 
