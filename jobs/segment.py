@@ -43,11 +43,15 @@ DEFAULT_RUN = os.path.join("runs", "local-tiny")
 DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = doc_parser("segment.py", __doc__)
     add_config_arguments(p, SegmentConfig)  # every SegmentConfig field, with its default and choices
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -214,8 +214,8 @@ def _chain(exc: BaseException):
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = getattr(exc, "cause", None) if isinstance(getattr(exc, "cause", None), BaseException) else (
-            exc.__cause__ or exc.__context__)
+        ray_cause = getattr(exc, "cause", None)  # a Ray task error carries the task's exception
+        exc = ray_cause if isinstance(ray_cause, BaseException) else (exc.__cause__ or exc.__context__)
 
 
 def explain(exc: BaseException) -> Optional[str]:

@@ -41,27 +41,9 @@ def test_flags_set_every_field_and_choices_come_from_the_constants():
     cfg = job.config_from_args(SegmentConfig, args)
     assert (cfg.cpus_per_actor, cfg.read_batch_size, cfg.max_pixels, cfg.bf16, cfg.compile, cfg.device) == (2.0, 8, 1000, False, True, "cpu")
     assert job.parse_args(["--bf16"]).bf16 is True and job.parse_args([]).bf16 is None
-    parser_choices = {a.dest: tuple(a.choices) for a in job_parser(job)._actions if a.choices}
+    parser_choices = {a.dest: tuple(a.choices) for a in job.build_parser()._actions if a.choices}
     assert parser_choices == {"input_format": INPUT_FORMATS, "device": DEVICES, "resize_mode": tuple(RESIZE_MODES),
                               "attention": ATTENTION_IMPLS}
     with pytest.raises(SystemExit):
         job.parse_args(["--device", "tpu"])
 
-
-def job_parser(job):
-    """The parser parse_args builds (rebuilt here to inspect its actions)."""
-    import argparse
-
-    captured = {}
-    real = argparse.ArgumentParser.parse_args
-
-    def grab(self, *a, **k):
-        captured["parser"] = self
-        return real(self, *a, **k)
-
-    argparse.ArgumentParser.parse_args = grab
-    try:
-        job.parse_args([])
-    finally:
-        argparse.ArgumentParser.parse_args = real
-    return captured["parser"]
