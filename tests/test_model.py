@@ -159,7 +159,8 @@ def test_knowledge_source_weights_switch_branches():
     pe = full.image_encoder.patch_embed(x)
     pg_full, pg_noemb = full.image_encoder.prompt_generator, no_emb.image_encoder.prompt_generator
     hf_only = pg_noemb.task_features(x, pe)
-    expected = pg_full.handcrafted_embed(high_pass_filter(x, 0.25)).permute(0, 2, 3, 1)
+    conv = pg_full.handcrafted_embed
+    expected = torch.nn.functional.conv2d(high_pass_filter(x, 0.25), conv.weight, conv.bias, stride=16).permute(0, 2, 3, 1)
     assert torch.allclose(hf_only, expected, atol=1e-6)
     with pytest.raises(ValueError, match="switched off"):
         build_model("tiny", embedding_weight=0.0, handcrafted_weight=0.0)

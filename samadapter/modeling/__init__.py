@@ -5,6 +5,7 @@ from .attention import SdpaAttention, set_attention
 from .arch import ARCHS, ArchConfig, arch_config
 from .build import build_from_adapter, build_from_config, build_model
 from .encoder import AdaptedImageEncoder
+from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, normalize_knowledge
 from ..ops import resize_logits
 from .sam_adapter import PIXEL_MEAN, PIXEL_STD, BatchedMaskDecoder, SamAdapter
 from .weights import CheckpointError, load_adapter, load_sam_checkpoint
@@ -15,6 +16,8 @@ __all__ = [
     "ArchConfig",
     "BatchedMaskDecoder",
     "CheckpointError",
+    "DEFAULT_KNOWLEDGE",
+    "KNOWLEDGE_SOURCES",
     "PIXEL_MEAN",
     "PIXEL_STD",
     "PromptGenerator",
@@ -27,6 +30,7 @@ __all__ = [
     "high_pass_filter",
     "load_adapter",
     "load_sam_checkpoint",
+    "normalize_knowledge",
     "resize_logits",
     "set_attention",
 ]

@@ -1,65 +1,38 @@
 """The SAM-Adapter prompt generator (Chen et al., 2023).
 
-Task knowledge F = w_hc * F_hc + w_emb * F_emb is built from two sources:
-
-- handcrafted: the high-frequency component of the (normalized) input image,
-  embedded by a patch-embedding convolution (3 -> d, kernel = stride = patch);
-- embedding: a Linear(embed_dim -> d) of the encoder's patch embeddings.
-
+Task knowledge F = sum_j w_j F_j comes from the sources of ``knowledge.py`` (by default
+the paper's two: the image's high frequencies and the encoder's patch embeddings).
 For every encoder block i the prompt is P_i = up(GELU(tune_i(F))), with one
 ``tune_i`` Linear(d -> d) per block and a single shared ``up`` Linear(d -> embed_dim).
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, SourceDims, build_source, high_pass_filter, normalize_knowledge
 
-def high_pass_filter(images: torch.Tensor, freq_ratio: float) -> torch.Tensor:
-    """Keep the high spatial frequencies of ``images``.
-
-    The 2-D spectrum is centre-shifted and a centred square of low frequencies whose
-    area is ``freq_ratio`` of the spectrum is zeroed (for 1024x1024 and 0.25 that is a
-    512x512 square); the inverse transform's real part is returned in absolute value.
-
-    Args:
-        images: B x C x H x W float tensor.
-        freq_ratio: fraction of the spectrum's area removed, in [0, 1).
-
-    Returns:
-        B x C x H x W tensor, non-negative, same dtype as the input (computed in fp32).
-    """
-    dtype = images.dtype
-    x = images.float()
-    h, w = x.shape[-2:]
-    half = int((h * w * freq_ratio) ** 0.5 // 2)
-    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-    if half > 0:
-        keep = torch.ones((h, w), dtype=x.dtype, device=x.device)
-        keep[h // 2 - half : h // 2 + half, w // 2 - half : w // 2 + half] = 0
-        spectrum = spectrum * keep
-    out = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.abs()
-    return out.to(dtype)
+__all__ = ["PromptGenerator", "high_pass_filter"]
 
 
 class PromptGenerator(nn.Module):
-    """Builds one prompt per encoder block from handcrafted and embedding features.
+    """Builds one prompt per encoder block from the configured knowledge sources.
 
     Args:
         embed_dim: encoder token width (C).
         depth: number of encoder blocks (one prompt each).
-        patch_size: encoder patch size; the handcrafted branch uses the same grid.
+        patch_size: encoder patch size; image sources embed on the same grid.
         scale_factor: d = embed_dim // scale_factor is the prompt generator's width.
-        freq_ratio: area fraction of low frequencies removed by the high-pass filter.
-        handcrafted_weight: w for the handcrafted source (0 switches it off).
-        embedding_weight: w for the embedding source (0 switches it off).
-        reference_layout: read the B x H x W x C patch embeddings as if they were
-            N x C x (H*W) before the embedding Linear, as the public reference
-            implementation does (tokens and channels scrambled). Only for importing
-            checkpoints trained with that implementation; never the default.
+        knowledge: the sources and their weights w_j (see ``knowledge.normalize_knowledge``);
+            default the paper's ``fft_highpass`` (freq_ratio 0.25) + ``patch_embedding``.
+            A source of weight 0 keeps its parameters and is not computed.
+        learnable_weights: the w_j are a trained parameter (``source_weights``, initialised
+            to the given weights) instead of constants.
+        reference_layout: the ``patch_embedding`` source reads the patch embeddings as the
+            public reference implementation does (only for importing its checkpoints).
     """
 
     def __init__(
@@ -68,9 +41,8 @@ class PromptGenerator(nn.Module):
         depth: int,
         patch_size: int,
         scale_factor: int,
-        freq_ratio: float = 0.25,
-        handcrafted_weight: float = 1.0,
-        embedding_weight: float = 1.0,
+        knowledge: Optional[Sequence] = None,
+        learnable_weights: bool = False,
         reference_layout: bool = False,
     ) -> None:
         super().__init__()
@@ -79,27 +51,37 @@ class PromptGenerator(nn.Module):
                 f"embed_dim {embed_dim} is not divisible by scale_factor {scale_factor}; "
                 "choose a scale_factor that divides embed_dim"
             )
-        if handcrafted_weight == 0 and embedding_weight == 0:
-            raise ValueError(
-                "both knowledge sources are switched off (handcrafted_weight = "
-                "embedding_weight = 0); keep at least one non-zero"
-            )
+        self.knowledge = normalize_knowledge(DEFAULT_KNOWLEDGE if knowledge is None else knowledge)
+        weights = [e["weight"] for e in self.knowledge]
+        if not learnable_weights and not any(weights):
+            raise ValueError("every knowledge source has weight 0 (all switched off); keep at least one non-zero")
         self.embed_dim = embed_dim
         self.dim = embed_dim // scale_factor
         self.depth = depth
-        self.freq_ratio = freq_ratio
-        self.handcrafted_weight = float(handcrafted_weight)
-        self.embedding_weight = float(embedding_weight)
         self.reference_layout = reference_layout
+        self.learnable_weights = learnable_weights
 
-        self.handcrafted_embed = nn.Conv2d(3, self.dim, kernel_size=patch_size, stride=patch_size)
-        self.embedding_proj = nn.Linear(embed_dim, self.dim)
+        # Sources first, in the listed order, then the tune/up layers: with the default
+        # list the random init is drawn in the same order as it always was.
+        dims = SourceDims(embed_dim, self.dim, patch_size, reference_layout)
+        self.source_names = [e["name"] for e in self.knowledge]
+        for entry in self.knowledge:
+            self.add_module(KNOWLEDGE_SOURCES[entry["name"]].ATTRIBUTE, build_source(entry, dims))
         self.tune = nn.ModuleList([nn.Linear(self.dim, self.dim) for _ in range(depth)])
         self.act = nn.GELU()
         self.up = nn.Linear(self.dim, embed_dim)
+        if learnable_weights:
+            self.source_weights = nn.Parameter(torch.tensor(weights, dtype=torch.float32))
+        else:
+            self.source_weights = None
+            self.fixed_weights = weights
+
+    def source(self, name: str) -> nn.Module:
+        """The module of knowledge source ``name``."""
+        return getattr(self, KNOWLEDGE_SOURCES[name].ATTRIBUTE)
 
     def task_features(self, images: torch.Tensor, patch_embeddings: torch.Tensor) -> torch.Tensor:
-        """Task knowledge F.
+        """Task knowledge F = sum_j w_j F_j.
 
         Args:
             images: B x 3 x S x S normalized input images.
@@ -108,18 +90,15 @@ class PromptGenerator(nn.Module):
         Returns:
             B x H x W x d.
         """
-        b, h, w, c = patch_embeddings.shape
         feats = 0
-        if self.handcrafted_weight != 0:
-            hf = self.handcrafted_embed(high_pass_filter(images, self.freq_ratio))  # B d H W
-            feats = feats + self.handcrafted_weight * hf.permute(0, 2, 3, 1)
-        if self.embedding_weight != 0:
-            if self.reference_layout:
-                # The reference reads BHWC memory as N x C x HW and transposes it.
-                tokens = patch_embeddings.reshape(b, c, h * w).permute(0, 2, 1).reshape(b, h, w, c)
+        for j, name in enumerate(self.source_names):
+            if self.source_weights is not None:
+                weight = self.source_weights[j].to(patch_embeddings.dtype)
             else:
-                tokens = patch_embeddings
-            feats = feats + self.embedding_weight * self.embedding_proj(tokens)
+                weight = self.fixed_weights[j]
+                if weight == 0:
+                    continue
+            feats = feats + weight * self.source(name)(images, patch_embeddings)
         return feats
 
     def prompt(self, features: torch.Tensor, index: int) -> torch.Tensor:

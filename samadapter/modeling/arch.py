@@ -1,14 +1,16 @@
 """The registry of SAM-Adapter architectures: every size of a model, by name.
 
-It imports nothing of the model: ``build.py`` builds from it and ``weights.py`` recognises
-checkpoints by it, with no import cycle between them.
+It imports nothing of the model but the knowledge-source registry: ``build.py`` builds from
+it and ``weights.py`` recognises checkpoints by it, with no import cycle between them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Dict, Tuple
+
+from .knowledge import DEFAULT_KNOWLEDGE, normalize_knowledge
 
 # The adapter, by state-dict key: the prompt generator and the mask decoder (without its
 # unused IoU head when training). Defined once, for the model and for weight files.
@@ -32,11 +34,12 @@ class ArchConfig:
     global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
     window_size: int = 14
     out_chans: int = 256  # = prompt embedding width of the decoder
-    # prompt generator
+    # prompt generator: its width d = embed_dim / scale_factor, the task-knowledge
+    # sources F = sum_j w_j F_j (knowledge.py; a list or "fft+edges" shorthand) and
+    # whether the w_j are trained
     scale_factor: int = 32
-    freq_ratio: float = 0.25
-    handcrafted_weight: float = 1.0
-    embedding_weight: float = 1.0
+    knowledge: Tuple[Dict[str, Any], ...] = DEFAULT_KNOWLEDGE
+    learnable_weights: bool = False
     reference_layout: bool = False
     # mask decoder
     decoder_depth: int = 2
@@ -64,8 +67,10 @@ class ArchConfig:
         bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1} (depth {self.depth})")
-        if not 0 <= self.freq_ratio < 1:
-            raise ValueError(f"freq_ratio must be in [0, 1), got {self.freq_ratio}")
+        self.knowledge = normalize_knowledge(self.knowledge)
+        if self.reference_layout and [e["name"] for e in self.knowledge] != [e["name"] for e in DEFAULT_KNOWLEDGE]:
+            raise ValueError("reference_layout imports the reference implementation's model, which has the "
+                             "default knowledge sources (fft_highpass + patch_embedding) only")
         if self.out_chans % 8:
             raise ValueError(f"out_chans {self.out_chans} must be a multiple of 8 (the decoder upscales to /8)")
 
@@ -76,15 +81,44 @@ class ArchConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["global_attn_indexes"] = list(self.global_attn_indexes)
+        d["knowledge"] = [dict(e) for e in self.knowledge]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ArchConfig":
+        """An ArchConfig from ``to_dict`` output, including that of adapter files written
+        before knowledge sources existed (``freq_ratio``, ``handcrafted_weight``,
+        ``embedding_weight``)."""
+        d = with_legacy_knowledge(dict(d))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown architecture fields {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+# The prompt generator's fields before knowledge sources existed: adapter files of that
+# time record them, and ``--set model.overrides.freq_ratio=...`` still means them.
+LEGACY_KNOWLEDGE_FIELDS = ("freq_ratio", "handcrafted_weight", "embedding_weight")
+
+
+def with_legacy_knowledge(fields: Dict[str, Any]) -> Dict[str, Any]:
+    """``fields`` with the legacy prompt-generator fields turned into ``knowledge``:
+    ``freq_ratio`` and ``handcrafted_weight`` set the ``fft_highpass`` source,
+    ``embedding_weight`` the ``patch_embedding`` source (a weight of 0 kept their
+    parameters and switched the source off, as it still does)."""
+    legacy = {k: fields.pop(k) for k in LEGACY_KNOWLEDGE_FIELDS if k in fields}
+    if not legacy:
+        return fields
+    if "knowledge" in fields:
+        raise ValueError(f"give either knowledge or the legacy fields {sorted(legacy)}, not both")
+    knowledge = [dict(e) for e in DEFAULT_KNOWLEDGE]
+    if "freq_ratio" in legacy:
+        knowledge[0]["freq_ratio"] = legacy["freq_ratio"]
+    knowledge[0]["weight"] = legacy.get("handcrafted_weight", 1.0)
+    knowledge[1]["weight"] = legacy.get("embedding_weight", 1.0)
+    fields["knowledge"] = knowledge
+    return fields
 
 
 ARCHS = {
@@ -120,6 +154,7 @@ def arch_config(arch: str, **overrides) -> ArchConfig:
     """The registry entry ``arch`` with ``overrides`` applied (any ArchConfig field)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    overrides = with_legacy_knowledge(dict(overrides))
     known = {f.name for f in dataclasses.fields(ArchConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

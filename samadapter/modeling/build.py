@@ -38,9 +38,8 @@ def build_from_config(cfg: ArchConfig) -> SamAdapter:
             window_size=cfg.window_size,
             global_attn_indexes=cfg.global_attn_indexes,
             scale_factor=cfg.scale_factor,
-            freq_ratio=cfg.freq_ratio,
-            handcrafted_weight=cfg.handcrafted_weight,
-            embedding_weight=cfg.embedding_weight,
+            knowledge=cfg.knowledge,
+            learnable_weights=cfg.learnable_weights,
             reference_layout=cfg.reference_layout,
         )
         prompt_encoder = PromptEncoder(
@@ -87,7 +86,9 @@ def build_model(
         attention: the encoder's attention path: ``original`` (segment_anything's),
             ``fast`` (``scaled_dot_product_attention``, same weights) or ``auto`` (fast for
             SAM's 14-token windows, original for the tiny debug size; see ``set_attention``).
-        **overrides: any :class:`ArchConfig` field (img_size, embed_dim, depth, ...).
+        **overrides: any :class:`ArchConfig` field (img_size, embed_dim, depth, ...), among
+            them ``knowledge`` (the task-knowledge sources, e.g. ``"fft+edges"`` or a list of
+            ``{name, weight, ...}``; see ``knowledge.py``) and ``learnable_weights``.
 
     Returns:
         A :class:`SamAdapter` in train mode with the frozen/trainable split applied.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from segment_anything.modeling import ImageEncoderViT
@@ -20,8 +20,8 @@ class AdaptedImageEncoder(ImageEncoderViT):
     embedding -> for every block i: ``x = block_i(x + P_i)`` -> neck.
 
     Args:
-        scale_factor, freq_ratio, handcrafted_weight, embedding_weight, reference_layout:
-            see :class:`PromptGenerator`.
+        scale_factor, knowledge, learnable_weights, reference_layout: see
+            :class:`PromptGenerator`.
         **vit_kwargs: passed to ``ImageEncoderViT`` (img_size, patch_size, embed_dim,
             depth, num_heads, global_attn_indexes, window_size, ...).
     """
@@ -30,9 +30,8 @@ class AdaptedImageEncoder(ImageEncoderViT):
         self,
         *,
         scale_factor: int,
-        freq_ratio: float = 0.25,
-        handcrafted_weight: float = 1.0,
-        embedding_weight: float = 1.0,
+        knowledge: Optional[Sequence] = None,
+        learnable_weights: bool = False,
         reference_layout: bool = False,
         **vit_kwargs,
     ) -> None:
@@ -42,9 +41,8 @@ class AdaptedImageEncoder(ImageEncoderViT):
             depth=len(self.blocks),
             patch_size=vit_kwargs["patch_size"],
             scale_factor=scale_factor,
-            freq_ratio=freq_ratio,
-            handcrafted_weight=handcrafted_weight,
-            embedding_weight=embedding_weight,
+            knowledge=knowledge,
+            learnable_weights=learnable_weights,
             reference_layout=reference_layout,
         )
         # Activation checkpointing of the frozen blocks; gradients still flow through

@@ -19,7 +19,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .. import storage
-from .arch import ARCHS
+from .arch import ARCHS, ArchConfig
+from .knowledge import describe_knowledge
 from .arch import PROMPT_PREFIX as _PROMPT_PREFIX
 
 if TYPE_CHECKING:  # annotations only: the model imports this module, not the other way round
@@ -213,15 +214,22 @@ def load_adapter(model: SamAdapter, uri: str) -> Dict[str, str]:
     """
     tensors, meta = read_adapter(uri)
     saved_cfg = json.loads(meta.get("config", "{}"))
-    ignore = {"name", "init_seed"}
+    try:  # adapter files from before knowledge sources record the legacy fields
+        saved_cfg = ArchConfig.from_dict(saved_cfg).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{uri}: its architecture config cannot be read ({exc})") from None
+    ignore = {"name", "init_seed", "knowledge"}
     diffs = [
         f"{k}={saved_cfg.get(k)!r} (model has {model.config.get(k)!r})"
         for k in sorted(set(saved_cfg) | set(model.config))
         if k not in ignore and saved_cfg.get(k) != model.config.get(k)
     ]
+    if saved_cfg["knowledge"] != model.config.get("knowledge"):
+        diffs.insert(0, f"knowledge sources {describe_knowledge(saved_cfg['knowledge'])} "
+                        f"(model has {describe_knowledge(model.config.get('knowledge') or [])})")
     if diffs:
         raise CheckpointError(
-            f"{uri}: adapter was trained for arch {saved_cfg.get('name')!r} with different sizes: "
+            f"{uri}: adapter was trained for arch {saved_cfg.get('name')!r} with a different architecture: "
             + "; ".join(diffs)
             + f". Build the model with arch={saved_cfg.get('name')!r} and those values"
         )

@@ -30,7 +30,7 @@ class ModelConfig:
     arch: str = "tiny"
     # Official SAM weights (path or URI); None: random base (meaningless on real data).
     sam_checkpoint: Optional[str] = None
-    # Any architecture field (img_size, freq_ratio, scale_factor, ...).
+    # Any architecture field (img_size, scale_factor, knowledge, learnable_weights, ...).
     overrides: Dict[str, Any] = field(default_factory=dict)
     # Checkpoint the frozen encoder blocks' activations; None: on with GPUs, off on CPU.
     activation_checkpointing: Optional[bool] = None
