@@ -67,13 +67,14 @@ def scaling_config(run: RunSection):
                          accelerator_type=run.accelerator_type, placement_strategy=run.placement_strategy)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainOutcome:
+def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks=()) -> TrainOutcome:
     """Train with Ray Train as configured; rerunning the same run name resumes it.
 
     Args:
         cfg: the resolved configuration.
         resume: require an existing run to continue (an error when there is none).
         progress: progress bars while generating the embedded dataset.
+        callbacks: Ray Train callbacks for the run (a sweep passes Tune's reporter).
     """
     import ray
     import ray.data
@@ -142,6 +143,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
             storage_path=storage_path,
             storage_filesystem=pa_fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="s_measure", checkpoint_score_order="max"
             ),

@@ -1,0 +1,308 @@
+"""Sweeps: Ray Tune over recipe fields, every trial a Ray Train run of the recipe.
+
+A sweep is a base recipe, fixed assignments (``set``) and the fields to vary:
+
+    recipe: local-tiny.yaml            # relative to the sweep file (or a path / --config)
+    set: {optim.epochs: 6}
+    search: grid                       # grid: every combination; random: num_samples draws
+    num_samples: 1
+    grid:                              # a list: every value (grid) or one of them (random)
+      model.overrides.knowledge: [fft, embedding, fft+embedding]
+      optim.lr: {loguniform: [1.0e-4, 1.0e-3]}    # or uniform / randint / choice
+
+The layout of a sweep, in one place:
+
+    <storage>/<sweep>/                 run.storage of every trial
+        <trial run>/                   a training run (runs.py's layout); rerunning the
+                                       sweep resumes it from its latest checkpoint
+        _tune/                         Ray Tune's experiment state
+        results.md  results.json       one row per trial, best first
+        chart.png                      the selection metric per trial
+        best.yaml                      the best trial's resolved recipe
+
+Trials are Tune function trials that hold no CPU or GPU of their own: each starts a Ray
+Train run whose workers Ray schedules like any other, so trials share the cluster (and an
+autoscaler adds nodes for the ones waiting); ``max_concurrent`` bounds how many run at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .. import storage
+from .config import ConfigError, TrainConfig
+from .runs import SELECT_BY
+
+log = logging.getLogger(__name__)
+
+RESULTS_MD, RESULTS_JSON, CHART_PNG, BEST_RECIPE, TUNE_DIR = "results.md", "results.json", "chart.png", "best.yaml", "_tune"
+REPORTED = ("s_measure", "e_measure", "weighted_f", "mae")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+# A trial only waits for its Ray Train run; Tune needs some resource to place it, and a
+# CPU fraction would leave Ray Data less than the whole CPU its read tasks need on a
+# small machine: one byte of memory it is.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep; see the module docstring for the file format."""
+
+    recipe: Optional[str] = None  # a recipe YAML; None: TrainConfig's defaults (jobs/sweep.py gives local-tiny.yaml)
+    set: Dict[str, Any] = field(default_factory=dict)
+    grid: Dict[str, Any] = field(default_factory=dict)
+    search: str = "grid"
+    num_samples: int = 1
+    max_concurrent: Optional[int] = None
+    name: Optional[str] = None  # default: the base run name + "-sweep"
+
+    def __post_init__(self) -> None:
+        if self.search not in ("grid", "random"):
+            raise ConfigError(f"search {self.search!r}: choose grid or random")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        if not self.grid:
+            raise ConfigError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) or a sweep file with a grid")
+        for key, values in self.grid.items():
+            if isinstance(values, dict):
+                if len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
+                    raise ConfigError(f"grid {key}: a distribution is one of {list(DISTRIBUTIONS)}, e.g. {{uniform: [0, 1]}}")
+            elif not isinstance(values, list) or not values:
+                raise ConfigError(f"grid {key}: give a non-empty list of values or a distribution")
+        base = self.base_config()
+        for key, values in self.grid.items():  # every key a recipe field, every value valid
+            for value in values if isinstance(values, list) else []:
+                try:
+                    apply_params(base, {key: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"grid {key}={value!r}: {str(exc).split(': ', 1)[-1]}") from None
+
+    @classmethod
+    def from_file(cls, path: str, **changes) -> "SweepSpec":
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"{path}: unknown keys {bad}; a sweep file has {sorted(known)}")
+        if d.get("recipe") and not os.path.isabs(d["recipe"]):
+            d["recipe"] = os.path.join(os.path.dirname(os.path.abspath(path)), d["recipe"])
+        d.update({k: v for k, v in changes.items() if v is not None and v != {} and v != []})
+        return cls(**d)
+
+    def base_config(self) -> TrainConfig:
+        cfg = TrainConfig.from_yaml(self.recipe) if self.recipe else TrainConfig()
+        return cfg.with_overrides([f"{k}={json.dumps(v)}" for k, v in self.set.items()])
+
+    def sweep_name(self) -> str:
+        return self.name or f"{self.base_config().run.name}-sweep"
+
+
+def parse_grid(items: List[str]) -> Dict[str, list]:
+    """``KEY=V1,V2,...`` (values parsed as YAML) -> {KEY: [V1, V2, ...]}."""
+    grid = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not raw.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... e.g. model.overrides.knowledge=fft,fft+edges")
+        grid[key.strip()] = [yaml.safe_load(v) for v in raw.split(",")]
+    return grid
+
+
+def apply_params(cfg: TrainConfig, params: Dict[str, Any]) -> TrainConfig:
+    """The recipe with a trial's values (dotted recipe keys) assigned."""
+    return cfg.with_overrides([f"{k}={json.dumps(v)}" for k, v in params.items()])
+
+
+def param_space(spec: SweepSpec) -> Dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, values in spec.grid.items():
+        if isinstance(values, dict):
+            (kind, args), = values.items()
+            space[key] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
+        else:
+            space[key] = tune.grid_search(values) if spec.search == "grid" else tune.choice(values)
+    return space
+
+
+def trial_label(params: Dict[str, Any]) -> str:
+    """``knowledge=fft+edges lr=0.0003``: the varied values, by the last part of their key."""
+    def show(v):
+        return f"{v:.3g}" if isinstance(v, float) else v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in sorted(params.items()))
+
+
+def trial_run_name(params: Dict[str, Any], suffix: str = "") -> str:
+    """A run name (no '/') from the trial's values: the same trial of a rerun resumes its run."""
+    slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", trial_label(params).replace(" ", "_"))
+    if len(slug) > 80:
+        slug = slug[:60] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return slug + (f"-{suffix}" if suffix else "")
+
+
+def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:
+    """One Tune trial: the base recipe with ``params``, trained with Ray Train under the
+    sweep; Train's reports reach Tune as they happen, then the best validation."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .driver import run_training
+
+    suffix = ray.tune.get_context().get_trial_id() if random_search else ""
+    cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), params).with_overrides(
+        [f"run.storage={json.dumps(sweep_uri)}", f"run.name={json.dumps(trial_run_name(params, suffix))}"]
+    )
+    outcome = run_training(cfg, progress=False, callbacks=[TuneReportCallback()])
+    if not outcome.validations:
+        raise RuntimeError(f"run {outcome.run_uri} recorded no validation")
+    best = max(outcome.validations, key=lambda r: r[SELECT_BY])
+    before = outcome.before or {}
+    ray.tune.report({
+        **{f"best_{k}": best[k] for k in REPORTED},
+        "best_epoch": best["epoch"],
+        **{f"before_{k}": before[k] for k in REPORTED if k in before},
+        "train_seconds": sum(r.get("train_seconds", 0.0) for r in outcome.validations),
+        "run_uri": outcome.run_uri,
+        "best_checkpoint": outcome.best_checkpoint or "",
+    })
+
+
+def default_max_concurrent(cfg: TrainConfig, num_trials: int) -> int:
+    """As many trials as the cluster's GPUs (or half its CPUs, the rest left to Ray Data)
+    hold now; at least 1. On a cluster that scales from zero, pass it explicitly."""
+    import ray
+
+    have = ray.cluster_resources()
+    if cfg.run.use_gpu:
+        fits = have.get("GPU", 0) // (cfg.run.workers * cfg.run.gpus_per_worker)
+    else:
+        need = cfg.run.workers * max(cfg.run.cpus_per_worker, 0.1)
+        fits = (have.get("CPU", 0) / 2) // need
+    return int(max(1, min(num_trials, fits)))
+
+
+def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, str]:
+    """Run the sweep on the current (or a new local) Ray; write the results; return their URIs."""
+    import ray
+    from ray import tune
+    from ray.tune import RunConfig as TuneRunConfig
+
+    from .driver import _absolute, ensure_embedded_dataset
+
+    base_cfg = spec.base_config()
+    root = _absolute(storage_uri or base_cfg.run.storage_uri())
+    sweep_uri = storage.join(root, spec.sweep_name())
+    base_cfg.data.dataset = _absolute(ensure_embedded_dataset(base_cfg))  # once, not per trial
+    base = base_cfg.to_dict()
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    grid_size = 1
+    for values in spec.grid.values():
+        if isinstance(values, list) and spec.search == "grid":
+            grid_size *= len(values)
+    num_trials = grid_size * spec.num_samples
+    concurrent = spec.max_concurrent or default_max_concurrent(base_cfg, num_trials)
+    log.info("sweep %s: %d trials, at most %d at once, under %s", spec.sweep_name(), num_trials, concurrent, sweep_uri)
+
+    trainable = tune.with_parameters(run_trial, base=base, sweep_uri=sweep_uri, random_search=spec.search == "random")
+    fs, path = storage.pyarrow_filesystem(sweep_uri)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, TRIAL_RESOURCES),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=concurrent),
+        run_config=TuneRunConfig(name=TUNE_DIR, storage_path=path, storage_filesystem=fs, verbose=1),
+    )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        params = {k: result.config[k] for k in spec.grid}
+        row = {"trial": trial_label(params), "params": params, "error": None}
+        if result.error is not None:
+            row["error"] = str(result.error).strip().splitlines()[-1][:200]
+        else:
+            row.update({k: v for k, v in result.metrics.items() if k.startswith(("best_", "before_")) or k in ("train_seconds", "run_uri")})
+        rows.append(row)
+    return write_results(sweep_uri, rank(rows), base, spec)
+
+
+def rank(rows: List[dict]) -> List[dict]:
+    """Best ``SELECT_BY`` first, failed trials last."""
+    return sorted(rows, key=lambda r: (bool(r["error"]), -r.get(f"best_{SELECT_BY}", float("-inf"))))
+
+
+def results_table(rows: List[dict]) -> str:
+    """Markdown: one row per trial, best S-measure first (failed trials last)."""
+    from ..metrics import METRIC_TITLES
+
+    rows = rank(rows)
+    head = "| trial | " + " | ".join(METRIC_TITLES[m] for m in REPORTED) + " | best epoch | before S-alpha | train s |"
+    lines = [head, "|---|" + "---:|" * (len(REPORTED) + 3)]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['trial']} | failed: {r['error']} |" + " |" * (len(REPORTED) + 2))
+            continue
+        before = r.get(f"before_{SELECT_BY}")
+        lines.append(
+            f"| {r['trial']} | " + " | ".join(f"{r[f'best_{m}']:.3f}" for m in REPORTED)
+            + f" | {r['best_epoch']} | {'' if before is None else f'{before:.3f}'} | {r.get('train_seconds', 0):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def bar_chart(rows: List[dict], metric: str = SELECT_BY) -> bytes:
+    """A PNG of horizontal bars, one per finished trial, of ``best_<metric>``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ..metrics import METRIC_TITLES
+
+    done = [r for r in rows if not r["error"]]
+    font = ImageFont.load_default()
+    label_w = max([int(font.getlength(r["trial"])) for r in done] + [60]) + 16
+    bar_w, row_h, top = 360, 22, 30
+    img = Image.new("RGB", (label_w + bar_w + 60, top + row_h * max(len(done), 1) + 10), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((8, 8), f"best {METRIC_TITLES.get(metric, metric)} per trial (best first)", fill="black", font=font)
+    for i, r in enumerate(done):
+        y = top + i * row_h
+        value = float(r[f"best_{metric}"])
+        draw.text((8, y + 4), r["trial"], fill="black", font=font)
+        draw.rectangle([label_w, y + 3, label_w + int(bar_w * max(0.0, min(1.0, value))), y + row_h - 3],
+                       fill=(70, 110, 180) if i else (220, 120, 40))
+        draw.text((label_w + int(bar_w * max(0.0, min(1.0, value))) + 4, y + 4), f"{value:.3f}", fill="black", font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_results(sweep_uri: str, rows: List[dict], base: dict, spec: SweepSpec) -> Dict[str, str]:
+    uris = {k: storage.join(sweep_uri, k) for k in (RESULTS_MD, RESULTS_JSON, CHART_PNG, BEST_RECIPE)}
+    table = results_table(rows)
+    storage.write_bytes(uris[RESULTS_MD], (table + "\n").encode())
+    storage.write_bytes(uris[RESULTS_JSON], json.dumps(rows, indent=1, default=str).encode())
+    storage.write_bytes(uris[CHART_PNG], bar_chart(rows))
+    best = next((r for r in rows if not r["error"]), None)
+    if best is None:
+        uris.pop(BEST_RECIPE)
+    else:
+        cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), best["params"])
+        cfg.run.name = f"{spec.sweep_name()}-best"
+        header = f"# The best trial of sweep {spec.sweep_name()} ({best['trial']}: {SELECT_BY} {best[f'best_{SELECT_BY}']:.3f}).\n"
+        storage.write_bytes(uris[BEST_RECIPE], (header + cfg.to_yaml()).encode())
+    uris["table"] = table
+    return uris

@@ -1,0 +1,105 @@
+"""Sweeps (train/sweep.py, jobs/sweep.py): the spec, its errors, and a 2-trial grid on a local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from samadapter.train.config import ConfigError, TrainConfig
+from samadapter.train.sweep import SweepSpec, parse_grid, results_table, trial_run_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_grid_parsing_and_validation(tmp_path):
+    assert parse_grid(["model.overrides.knowledge=fft,fft+edges", "optim.lr=1e-3,3e-3"]) == {
+        "model.overrides.knowledge": ["fft", "fft+edges"], "optim.lr": ["1e-3", "3e-3"]}
+    with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
+        parse_grid(["optim.lr"])
+    with pytest.raises(ConfigError, match="nothing to sweep"):
+        SweepSpec()
+    with pytest.raises(ConfigError, match="grid model.overrides.knowledge='nope': unknown knowledge source"):
+        SweepSpec(grid={"model.overrides.knowledge": ["fft", "nope"]})
+    with pytest.raises(ConfigError, match="optim has no key 'foo'"):
+        SweepSpec(grid={"optim.foo": [1, 2]})
+    with pytest.raises(ConfigError, match="a distribution is one of"):
+        SweepSpec(grid={"optim.lr": {"normal": [0, 1]}})
+    with pytest.raises(ConfigError, match="search 'bayes'"):
+        SweepSpec(grid={"optim.lr": [1e-3]}, search="bayes")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("recipe: r.yaml\ngrid: {optim.lr: [0.001]}\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['bogus'\\]"):
+        SweepSpec.from_file(str(sweep))
+
+
+def test_the_embedded_sweep_file_and_run_names():
+    spec = SweepSpec.from_file(os.path.join(ROOT, "configs", "sweep-knowledge-tiny.yaml"))
+    assert spec.sweep_name() == "knowledge-ablation-tiny"
+    assert spec.base_config().optim.epochs == 6 and spec.base_config().model.arch == "tiny"
+    assert "fft+embedding" in spec.grid["model.overrides.knowledge"]
+    name = trial_run_name({"model.overrides.knowledge": [{"name": "edges", "weight": 0.5}], "optim.lr": 0.0003})
+    assert "/" not in name and name.startswith("knowledge=") and "lr=0.0003" in name
+    assert len(trial_run_name({"k": "x" * 300})) <= 90
+    TrainConfig().with_overrides([f"run.name={name}"])  # a valid run name
+
+
+def test_results_table_best_first_failures_last():
+    rows = [
+        {"trial": "a", "error": "boom", "params": {}},
+        {"trial": "b", "error": None, "params": {}, "best_s_measure": 0.9, "best_e_measure": 0.8, "best_weighted_f": 0.7,
+         "best_mae": 0.1, "best_epoch": 3, "before_s_measure": 0.5, "train_seconds": 10},
+    ]
+    table = results_table(rows)
+    assert table.splitlines()[2].startswith("| b | 0.900 | 0.800 | 0.700 | 0.100 | 3 | 0.500 | 10 |")
+    assert "| a | failed: boom |" in table
+
+
+def test_sweep_cli_dry_run_and_errors():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "jobs/sweep.py", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "sweep knowledge-ablation-tiny: search grid" in out.stdout and "epochs: 6" in out.stdout
+    bad = subprocess.run([sys.executable, "jobs/sweep.py", "--grid", "model.overrides.knowledge=fft,colour", "--dry-run"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown knowledge source 'colour'" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_trial_sweep_on_local_ray(ray_local, tmp_path):
+    from PIL import Image
+
+    from samadapter.train.runs import run_exists
+    from samadapter.train.sweep import run_sweep
+
+    spec = SweepSpec(
+        recipe=os.path.join(ROOT, "configs", "local-tiny.yaml"),
+        set={"optim.epochs": 1, "optim.batch_size": 4, "run.workers": 1, "data.synthetic_train": 16, "data.synthetic_test": 8,
+             "data.synthetic_size": 128, "model.overrides.img_size": 128, "data.cache_dir": str(tmp_path / "cache")},
+        grid={"model.overrides.knowledge": ["fft", "edges"]},
+        name="ablation",
+    )
+    out = run_sweep(spec, storage_uri=str(tmp_path / "runs"))
+    sweep = tmp_path / "runs" / "ablation"
+    rows = json.loads((sweep / "results.json").read_text())
+    assert [r["error"] for r in rows] == [None, None], rows
+    assert {r["params"]["model.overrides.knowledge"] for r in rows} == {"fft", "edges"}
+    assert rows[0]["best_s_measure"] >= rows[1]["best_s_measure"]
+    for r in rows:  # each trial a training run of its own under the sweep, validated once before and once after
+        assert run_exists(r["run_uri"]) and r["run_uri"].startswith(str(sweep))
+        assert r["best_epoch"] == 1 and 0 < r["best_s_measure"] < 1 and "before_s_measure" in r
+        trained = TrainConfig.from_yaml(os.path.join(r["run_uri"], "config.yaml"))
+        assert trained.model.overrides["knowledge"] == r["params"]["model.overrides.knowledge"]
+        assert trained.run.workers == 1 and trained.optim.epochs == 1
+    table = (sweep / "results.md").read_text()
+    assert table.splitlines()[2].startswith(f"| {rows[0]['trial']} | {rows[0]['best_s_measure']:.3f} |")
+    assert out["table"] == table.strip()
+    assert Image.open(sweep / "chart.png").size[0] > 200
+    best = TrainConfig.from_dict(yaml.safe_load((sweep / "best.yaml").read_text()))
+    assert best.model.overrides["knowledge"] == rows[0]["params"]["model.overrides.knowledge"]
+    assert best.run.name == "ablation-best" and best.optim.epochs == 1
