@@ -1,11 +1,13 @@
-"""Evaluate SAM-Adapter on a dataset split with the four COD metrics (pysodmetrics).
+"""Evaluate SAM-Adapter on a dataset split with its task's metrics.
 
     python jobs/evaluate.py --dataset s3://bucket/cod --split test --checkpoint s3://bucket/runs/cod10k-vit-h \\
         --sam-checkpoint s3://bucket/sam_vit_h_4b8939.pth
     python jobs/evaluate.py --dataset s3://bucket/cod --split test --predictions s3://bucket/masks/
 
-S-measure (alpha 0.5), mean E-measure, weighted F-measure and MAE, at each ground truth's
-original resolution. Writes metrics.json, metrics.md (a Markdown table) and examples.png
+At each ground truth's original resolution, the metrics of the task (--task; default the
+task the checkpoint was trained for, camouflage for --predictions): camouflage - S-measure
+(alpha 0.5), mean E-measure, weighted F-measure, MAE; shadow - BER with shadow and
+non-shadow errors (percent); polyp and generic - Dice, IoU, MAE. Writes metrics.json, metrics.md (a Markdown table) and examples.png
 (the best and worst images: image | ground truth | prediction) to --output.
 """
 
@@ -17,6 +19,7 @@ import os
 import sys
 
 from samadapter.cli import doc_parser, storage_error
+from samadapter.tasks import TASKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--checkpoint", help="adapter .safetensors, checkpoint folder or training run folder")
     src.add_argument("--predictions", help="output prefix of jobs/segment.py run on this dataset")
     p.add_argument("--sam-checkpoint", help="the official SAM weights of the adapter (with --checkpoint)")
+    p.add_argument("--task", choices=sorted(TASKS), help="whose metrics to report (default: the checkpoint's task; camouflage)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--resize-mode", choices=["squash", "pad"], default="squash")
     p.add_argument("--output", help="where the report goes (default: <checkpoint or predictions>/eval-<split>)")
@@ -46,9 +50,10 @@ def main(argv=None) -> int:
     output = args.output or storage.join(base, f"eval-{args.split}")
     try:
         if args.checkpoint:
-            ev = evaluate_checkpoint(args.dataset, args.split, args.checkpoint, args.sam_checkpoint, args.batch_size, args.resize_mode)
+            ev = evaluate_checkpoint(args.dataset, args.split, args.checkpoint, args.sam_checkpoint, args.batch_size,
+                                     args.resize_mode, task=args.task)
         else:
-            ev = evaluate_predictions(args.dataset, args.split, args.predictions)
+            ev = evaluate_predictions(args.dataset, args.split, args.predictions, task=args.task or "camouflage")
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         if not storage_error(exc):
             print(f"error: {exc}", file=sys.stderr)
@@ -59,7 +64,8 @@ def main(argv=None) -> int:
         raise
     label = f"{args.split} ({os.path.basename(source.rstrip('/'))})"
     uris = write_report(ev, output, label)
-    print(format_table({label: ev.metrics}))
+    print(f"task: {ev.task}")
+    print(format_table({label: ev.metrics}, TASKS[ev.task].names))
     if ev.skipped:
         print(f"skipped {len(ev.skipped)} images, e.g. {ev.skipped[:3]}")
     for name, uri in uris.items():

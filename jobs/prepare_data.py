@@ -4,6 +4,14 @@ Examples:
     python jobs/prepare_data.py --source synthetic --num-train 64 --num-test 16 --output /tmp/synth
     python jobs/prepare_data.py --source cod10k --input /data/COD10K-v3 --output s3://bucket/cod10k
     python jobs/prepare_data.py --source paired --images imgs/ --masks gts/ --split test --output out/
+    python jobs/prepare_data.py --source istd --input /data/ISTD_Dataset --output s3://bucket/istd
+    python jobs/prepare_data.py --source kvasir --input /data/Kvasir-SEG --output s3://bucket/kvasir
+    python jobs/prepare_data.py --source synthetic --kind shadow --output /tmp/shadow
+
+Released layouts: istd train/{train_A,train_B} + test/{test_A,test_B}; sbu
+SBUTrain4KRecoveredSmall/{ShadowImages,ShadowMasks} + SBU-Test/{ShadowImages,ShadowMasks};
+kvasir images/ + masks/; cvc Original/ + "Ground Truth"/ (TIFF). Kvasir-SEG and CVC-ClinicDB
+have no official split: --test-percent of the file names (by a stable hash) become "test".
 
 Layout written: <output>/<split>/part-NNNNN.parquet (image_id, image, mask, height, width,
 split, source) and <output>/_dataset.json (counts per split; written last). S3-compatible
@@ -28,13 +36,16 @@ from samadapter.data.transforms import DEFAULT_MAX_PIXELS
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = doc_parser("prepare_data.py", __doc__)
-    p.add_argument("--source", required=True, choices=["cod10k", "paired", "synthetic"],
-                   help="cod10k: a COD10K-v3 or COD release folder (layout detected); paired: any "
-                        "image/mask folder pair matched by file stem; synthetic: generated camouflage scenes")
+    p.add_argument("--source", required=True, choices=["cod10k", "istd", "sbu", "kvasir", "cvc", "paired", "synthetic"],
+                   help="cod10k: a COD10K-v3 or COD release folder (layout detected); istd, sbu (shadows), "
+                        "kvasir, cvc (polyps): the dataset's released folder; paired: any image/mask folder "
+                        "pair matched by file stem; synthetic: generated scenes (--kind)")
     p.add_argument("--output", required=True, help="dataset URI: local path, file://, s3://bucket/prefix, ...")
-    g = p.add_argument_group("cod10k")
+    g = p.add_argument_group("cod10k, istd, sbu, kvasir, cvc")
     g.add_argument("--input", help="the dataset folder (local path or URI)")
     g.add_argument("--include-noncam", action="store_true", help="keep COD10K-v3 NonCAM images (skipped by default)")
+    g.add_argument("--test-percent", type=float, default=10.0,
+                   help="kvasir, cvc: percent of images put in the test split (default 10)")
     g = p.add_argument_group("paired")
     g.add_argument("--images", help="folder of images")
     g.add_argument("--masks", help="folder of masks, same file stems as the images")
@@ -44,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num-test", type=int, default=64, help="test scenes (default 64)")
     g.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
     g.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    g.add_argument("--kind", choices=["camouflage", "shadow", "polyp"], default="camouflage",
+                   help="scenes: camouflage (default), shadow or polyp")
     g = p.add_argument_group("output")
     g.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB, help=f"target shard size in MB (default {DEFAULT_SHARD_MB:g})")
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output")
@@ -53,8 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--summary-json", help="also write the summary (with every skipped file) to this local file")
     args = p.parse_args(argv)
-    if args.source == "cod10k" and not args.input:
-        p.error("--source cod10k needs --input DIR")
+    if args.source in ("cod10k", "istd", "sbu", "kvasir", "cvc") and not args.input:
+        p.error(f"--source {args.source} needs --input DIR")
+    if not 0 <= args.test_percent <= 100:
+        p.error("--test-percent must be in [0, 100]")
     if args.source == "paired" and not (args.images and args.masks and args.split):
         p.error("--source paired needs --images DIR --masks DIR --split NAME")
     return args
@@ -66,10 +81,12 @@ def main(argv=None) -> int:
     try:
         if args.source == "cod10k":
             listing = sources.cod_listing(args.input, include_noncam=args.include_noncam)
+        elif args.source in sources.TASK_LAYOUTS:
+            listing = sources.task_listing(args.source, args.input, test_percent=args.test_percent)
         elif args.source == "paired":
             listing = sources.paired_listing(args.images, args.masks, args.split)
         else:
-            listing = sources.synthetic_listing(args.num_train, args.num_test, args.size, args.seed)
+            listing = sources.synthetic_listing(args.num_train, args.num_test, args.size, args.seed, kind=args.kind)
     except (ValueError, FileNotFoundError) as exc:
         if not storage_error(exc):
             print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Sweep recipe fields with Ray Tune: every trial a Ray Train run of the recipe.
 
 With no arguments: the knowledge-source ablation of the paper on the embedded synthetic
-scenes (configs/sweep-knowledge-tiny.yaml: fft, embedding, fft+embedding, edges, texture and
+scenes (configs/sweeps/knowledge-tiny.yaml: fft, embedding, fft+embedding, edges, texture and
 all four, 6 epochs each, one trial at a time), then the results table.
 
     python jobs/sweep.py --config configs/cod10k-vit-b.yaml --dataset s3://bucket/cod10k \\
@@ -28,13 +28,13 @@ from samadapter.cli import doc_parser, storage_error
 from samadapter.train.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SWEEP = os.path.join(ROOT, "configs", "sweep-knowledge-tiny.yaml")
+DEFAULT_SWEEP = os.path.join(ROOT, "configs", "sweeps/knowledge-tiny.yaml")
 DEFAULT_RECIPE = os.path.join(ROOT, "configs", "local-tiny.yaml")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = doc_parser("sweep.py", __doc__)
-    p.add_argument("--sweep", help="a sweep YAML (default with no --grid: configs/sweep-knowledge-tiny.yaml)")
+    p.add_argument("--sweep", help="a sweep YAML (default with no --grid: configs/sweeps/knowledge-tiny.yaml)")
     p.add_argument("--config", help="the base recipe (overrides the sweep file's; default configs/local-tiny.yaml)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a recipe field and its values, e.g. model.overrides.knowledge=fft,fft+edges (repeatable)")

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from samadapter.tasks import get_task
 from samadapter.train.config import ConfigError, TrainConfig
 from samadapter.train.sweep import SweepSpec, parse_grid, results_table, trial_run_name
 
@@ -38,7 +39,7 @@ def test_grid_parsing_and_validation(tmp_path):
 
 
 def test_the_embedded_sweep_file_and_run_names():
-    spec = SweepSpec.from_file(os.path.join(ROOT, "configs", "sweep-knowledge-tiny.yaml"))
+    spec = SweepSpec.from_file(os.path.join(ROOT, "configs", "sweeps/knowledge-tiny.yaml"))
     assert spec.sweep_name() == "knowledge-ablation-tiny"
     assert spec.base_config().optim.epochs == 6 and spec.base_config().model.arch == "tiny"
     assert "fft+embedding" in spec.grid["model.overrides.knowledge"]
@@ -54,7 +55,7 @@ def test_results_table_best_first_failures_last():
         {"trial": "b", "error": None, "params": {}, "best_s_measure": 0.9, "best_e_measure": 0.8, "best_weighted_f": 0.7,
          "best_mae": 0.1, "best_epoch": 3, "before_s_measure": 0.5, "train_seconds": 10},
     ]
-    table = results_table(rows)
+    table = results_table(rows, get_task("camouflage"))
     assert table.splitlines()[2].startswith("| b | 0.900 | 0.800 | 0.700 | 0.100 | 3 | 0.500 | 10 |")
     assert "| a | failed: boom |" in table
 

@@ -178,16 +178,22 @@ def paired_listing(images_uri: str, masks_uri: str, split: str, source: str = "p
     return listing
 
 
-def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int = 0) -> SourceListing:
-    """Synthetic camouflage scenes (generated lazily, deterministic from the seed)."""
-    from .synthetic import encode_jpeg, make_scene
+def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int = 0, kind: str = "camouflage") -> SourceListing:
+    """Synthetic scenes of ``kind`` (camouflage, shadow, polyp; generated lazily,
+    deterministic from the seed)."""
+    from .synthetic import SCENES, encode_jpeg
     from .transforms import encode_mask_png
+
+    if kind not in SCENES:
+        raise ValueError(f"unknown synthetic scene kind {kind!r}; choose one of {sorted(SCENES)}")
+    make_scene = SCENES[kind]
+    prefix = "synthetic" if kind == "camouflage" else f"synthetic-{kind}"
 
     if num_train < 0 or num_test < 0 or num_train + num_test == 0:
         raise ValueError("--num-train and --num-test must be >= 0 and not both 0")
     if size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {size}")
-    listing = SourceListing(f"synthetic camouflage scenes ({num_train} train, {num_test} test, {size}px, seed {seed})")
+    listing = SourceListing(f"synthetic {kind} scenes ({num_train} train, {num_test} test, {size}px, seed {seed})")
     # Test scenes use indices after the training ones: no scene is in both splits.
     for split, start, count in (("train", 0, num_train), ("test", num_train, num_test)):
         for i in range(start, start + count):
@@ -196,6 +202,74 @@ def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int 
                 image, mask = make_scene(seed, i, size)
                 return encode_jpeg(image), encode_mask_png(mask)
 
-            listing.candidates.append(Candidate(f"synthetic-{seed}-{i:06d}", split, "synthetic", load))
+            listing.candidates.append(Candidate(f"{prefix}-{seed}-{i:06d}", split, prefix, load))
     return listing
 
+
+
+# --------------------------------------------------- shadow and polyp datasets
+# Each released layout: (split, image folder, mask folder) relative to the dataset root.
+TASK_LAYOUTS: Dict[str, List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]] = {
+    # ISTD: train_A shadow images, train_B shadow masks (train_C, the shadow-free images, unused)
+    "istd": [("train", ("train", "train_A"), ("train", "train_B")), ("test", ("test", "test_A"), ("test", "test_B"))],
+    "sbu": [("train", ("SBUTrain4KRecoveredSmall", "ShadowImages"), ("SBUTrain4KRecoveredSmall", "ShadowMasks")),
+            ("test", ("SBU-Test", "ShadowImages"), ("SBU-Test", "ShadowMasks"))],
+    # Released without a split: all of it is split by file name (``split_of``).
+    "kvasir": [("all", ("images",), ("masks",))],
+    "cvc": [("all", ("Original",), ("Ground Truth",))],
+}
+TASK_SOURCE_NAMES = {"istd": "ISTD", "sbu": "SBU", "kvasir": "Kvasir-SEG", "cvc": "CVC-ClinicDB"}
+
+
+def split_of(stem: str, test_percent: float) -> str:
+    """``test`` for a stable ``test_percent`` % of file names (by hash), else ``train``."""
+    import hashlib
+
+    bucket = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) % 10000
+    return "test" if bucket < test_percent * 100 else "train"
+
+
+def detect_task_layout(name: str, uri: str) -> str:
+    """The root of dataset ``name``'s released layout: ``uri`` or one of its sub-folders
+    (CVC-ClinicDB also as ``PNG/`` or ``TIF/`` inside)."""
+    folder = _Folder(uri)
+    if not folder.isdir():
+        raise ValueError(f"--input {uri} is not a folder")
+    layout = TASK_LAYOUTS[name]
+    subs = [""] + folder.subdirs()
+    subs += [posixpath.join(s, t) for s in subs[1:] for t in folder.subdirs(s)]
+    for sub in subs:
+        if any(folder.isdir(sub, *images) for _, images, _ in layout):
+            return posixpath.join(folder.uri, sub) if sub else folder.uri
+    expected = "; ".join(f"{'/'.join(i)} + {'/'.join(m)}" for _, i, m in layout)
+    raise ValueError(f"{uri}: not a {TASK_SOURCE_NAMES[name]} folder. Expected its released layout: {expected} "
+                     "(in the folder or one level down); for other folders use --source paired")
+
+
+def task_listing(name: str, uri: str, test_percent: float = 10.0) -> SourceListing:
+    """Candidates of a shadow (``istd``, ``sbu``) or polyp (``kvasir``, ``cvc``) dataset in
+    its released layout. Datasets released without a split are split by file name:
+    ``test_percent`` % to ``test`` (stable across runs and machines), the rest ``train``."""
+    if name not in TASK_LAYOUTS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(TASK_LAYOUTS)}")
+    root = detect_task_layout(name, uri)
+    folder = _Folder(root)
+    listing = SourceListing(f"{TASK_SOURCE_NAMES[name]} layout at {root}")
+    for split, images_dir, masks_dir in TASK_LAYOUTS[name]:
+        if not folder.isdir(*images_dir):
+            continue
+        if not folder.isdir(*masks_dir):
+            raise ValueError(f"{root}: {'/'.join(images_dir)} has no mask folder {'/'.join(masks_dir)}")
+        images, masks = folder.images(*images_dir), folder.images(*masks_dir)
+        if split == "all":
+            listing.description += f" (split by file name: {test_percent:g} % test)"
+            for part in ("train", "test"):
+                chosen = {k: v for k, v in images.items() if split_of(k, test_percent) == part}
+                # masks without an image are reported once, with the train part
+                part_masks = {k: v for k, v in masks.items() if k in chosen or (part == "train" and k not in images)}
+                _pair(folder, listing, chosen, part_masks, part, lambda s: name)
+        else:
+            _pair(folder, listing, images, masks, split, lambda s: name)
+    if not listing.candidates:
+        raise ValueError(f"{root}: no images found in the {TASK_SOURCE_NAMES[name]} layout")
+    return listing

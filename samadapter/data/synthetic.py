@@ -1,4 +1,8 @@
-"""Synthetic camouflage scenes: the embedded default dataset and the data of the tests.
+"""Synthetic scenes: the embedded default datasets and the data of the tests.
+
+Three kinds (``SCENES``): ``camouflage`` (below), ``shadow`` (a textured surface darkened
+under soft-edged cast shadows) and ``polyp`` (pinkish mucosa with one or two raised, redder,
+glossy blobs).
 
 Each scene is a textured background with one or more objects drawn from the *same*
 colour palette and the same intensity distribution as the background, so that global
@@ -98,6 +102,60 @@ def make_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.n
     light = 1.0 + 0.15 * _smooth_noise(rng, h, w, cells=2)
     img = img * light[..., None] + rng.normal(0, 4.0, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def make_shadow_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """A textured surface under one or two cast shadows: the shadowed area keeps the
+    surface's texture and colour, darkened (to 35-60 %) and slightly blue-shifted, with a
+    soft penumbra; the mask is where the shadow is at least half dark."""
+    rng = np.random.default_rng([seed, index, 1])
+    h = w = size
+    base = rng.uniform(90, 220, size=3)
+    c2 = np.clip(base + rng.normal(0, 35, size=3), 0, 255)
+    t = _texture(rng, h, w, rng.uniform(6.0, 16.0) * size / 256, rng.uniform(0, np.pi))
+    img = base[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]
+    img = img * (1.0 + 0.1 * _smooth_noise(rng, h, w, cells=3))[..., None]
+    dark = np.zeros((h, w), dtype=np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        shape = Image.fromarray((_blob(rng, h, w) * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius=float(rng.uniform(1.5, 5.0)) * size / 256))
+        dark = np.maximum(dark, np.asarray(shape, dtype=np.float32) / 255.0)
+    depth = rng.uniform(0.4, 0.65)
+    tint = np.array([0.95, 1.0, 1.12], dtype=np.float32)
+    img = img * (1 - depth * dark[..., None]) * (1 + (tint - 1) * dark[..., None])
+    img += rng.normal(0, 3.0, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), (dark >= 0.5).astype(np.uint8)
+
+
+def make_polyp_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Pinkish mucosa with vessels and a vignette (as an endoscope sees it) and one or two
+    polyps: raised blobs, redder and shaded like a dome, with a specular highlight."""
+    rng = np.random.default_rng([seed, index, 2])
+    h = w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / size
+    mucosa = np.array([rng.uniform(170, 215), rng.uniform(95, 130), rng.uniform(85, 115)], dtype=np.float32)
+    img = mucosa[None, None, :] * (1 + 0.12 * _smooth_noise(rng, h, w, cells=5))[..., None]
+    vessels = np.abs(_smooth_noise(rng, h, w, cells=8)) < 0.06
+    img[vessels] *= np.array([0.8, 0.6, 0.6], dtype=np.float32)
+    mask = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(1, 3))):
+        shape = _blob(rng, h, w)
+        soft = np.asarray(Image.fromarray((shape * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius=2.0 * size / 256)), dtype=np.float32) / 255.0
+        dome = np.asarray(Image.fromarray((shape * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius=12.0 * size / 256)), dtype=np.float32) / 255.0
+        colour = np.array([1.05, 0.8, 0.8], dtype=np.float32) * (0.85 + 0.3 * dome[..., None])
+        img = img * (1 - soft[..., None]) + img * colour * soft[..., None]
+        ys, xs = np.nonzero(shape)
+        hy, hx = ys.mean() / size - 0.03, xs.mean() / size - 0.03
+        img += (90 * np.exp(-((yy - hy) ** 2 + (xx - hx) ** 2) / 0.0008) * soft)[..., None]
+        mask |= shape
+    vignette = 1 - 0.5 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.5
+    img = img * vignette[..., None] + rng.normal(0, 3.0, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+SCENES = {"camouflage": make_scene, "shadow": make_shadow_scene, "polyp": make_polyp_scene}
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

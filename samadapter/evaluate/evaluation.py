@@ -1,4 +1,4 @@
-"""Evaluation: the four COD metrics at original resolution, a Markdown table, a PNG grid.
+"""Evaluation: the task's metrics at original resolution, a Markdown table, a PNG grid.
 
 Either a checkpoint is run over a dataset split (single process, ``torch.inference_mode``),
 or the predictions a segmentation run wrote (``probs/`` if present, else ``masks/``) are
@@ -19,8 +19,9 @@ from PIL import Image
 from .. import storage
 from ..data.reading import iter_records
 from ..data.transforms import decode_sample
-from ..metrics import CODMetrics, format_table
+from ..metrics import format_table
 from ..segment.layout import output_key
+from ..tasks import DEFAULT_TASK, get_task
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Evaluation:
     metrics: Dict[str, float]
-    per_image: List[Tuple[str, float]] = field(default_factory=list)  # (image_id, S-measure)
+    per_image: List[Tuple[str, float]] = field(default_factory=list)  # (image_id, the task's per-image score)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
     examples: Dict[str, np.ndarray] = field(default_factory=dict)  # thumbnails: image | gt | prediction
+    task: str = DEFAULT_TASK
 
 
 def _rows(dataset: str, split: str, batch_size: int = 16):
@@ -46,9 +48,10 @@ def _thumb(a: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(Image.fromarray(a).convert(mode).resize((w, THUMB_HEIGHT), Image.BILINEAR).convert("RGB"))
 
 
-def _score(ev: CODMetrics, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
+def _score(ev, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
     ev.add(prob, gt)
-    per_image.append((image_id, ev.scores[-1]["s"]))
+    score = ev.scores[-1][ev.image_key]
+    per_image.append((image_id, score if ev.image_higher_is_better else -score))  # higher is better
     if keep:  # thumbnails only: a test split at full resolution would not fit in memory
         examples[image_id] = np.concatenate(
             [_thumb(image, "RGB"), _thumb((gt * 255).astype(np.uint8), "L"), _thumb((prob * 255).round().astype(np.uint8), "L")],
@@ -64,24 +67,29 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     resize_mode: str = "squash",
     keep_examples: bool = True,
+    task: Optional[str] = None,
 ) -> Evaluation:
-    """Run a checkpoint over a split and score it at the ground truths' original sizes."""
+    """Run a checkpoint over a split and score it at the ground truths' original sizes with
+    the metrics of ``task`` (default: the task the adapter was trained for)."""
     import torch
 
     from .predict import predict_split
     from ..modeling import build_from_adapter
+    from ..modeling.weights import read_adapter
     from ..train.runs import resolve_adapter
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_from_adapter(resolve_adapter(checkpoint), sam_checkpoint).to(device)
-    metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
+    adapter = resolve_adapter(checkpoint)
+    task = task or read_adapter(adapter)[1].get("task", DEFAULT_TASK)
+    model = build_from_adapter(adapter, sam_checkpoint).to(device)
+    metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for image_id, d, prob in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
                                            bf16=device.type == "cuda"):
         if prob is None:
             skipped.append((image_id, f"{d.status}: {d.reason}"))
         else:
             _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
-    return Evaluation(metrics.results(), per_image, skipped, examples)
+    return Evaluation(metrics.results(), per_image, skipped, examples, task)
 
 
 def _read_prediction(predictions: str, image_id: str) -> Tuple[Optional[np.ndarray], str]:
@@ -95,9 +103,10 @@ def _read_prediction(predictions: str, image_id: str) -> Tuple[Optional[np.ndarr
     return None, "no prediction"
 
 
-def evaluate_predictions(dataset: str, split: str, predictions: str, keep_examples: bool = True) -> Evaluation:
-    """Score a segmentation output against a split's ground truth."""
-    metrics, per_image, examples, skipped = CODMetrics(), [], {}, []
+def evaluate_predictions(dataset: str, split: str, predictions: str, keep_examples: bool = True,
+                         task: str = DEFAULT_TASK) -> Evaluation:
+    """Score a segmentation output against a split's ground truth with the task's metrics."""
+    metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for image_id, image_bytes, mask_bytes in _rows(dataset, split):
         d = decode_sample(image_bytes, mask_bytes, require_mask=True)
         if not d.ok:
@@ -113,11 +122,12 @@ def evaluate_predictions(dataset: str, split: str, predictions: str, keep_exampl
         _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
     if not len(metrics):
         raise ValueError(f"no image of split {split!r} could be scored ({len(skipped)} skipped, e.g. {skipped[:3]})")
-    return Evaluation(metrics.results(), per_image, skipped, examples)
+    return Evaluation(metrics.results(), per_image, skipped, examples, task)
 
 
 def example_grid(ev: Evaluation, count: int = 4) -> Optional[np.ndarray]:
-    """Best and worst ``count`` images by S-measure: rows of image | ground truth | prediction."""
+    """Best and worst ``count`` images by the task's per-image score: rows of image | ground
+    truth | prediction."""
     if not ev.per_image or not ev.examples:
         return None
     ranked = sorted(ev.per_image, key=lambda t: t[1], reverse=True)
@@ -131,9 +141,10 @@ def example_grid(ev: Evaluation, count: int = 4) -> Optional[np.ndarray]:
 def write_report(ev: Evaluation, output: str, label: str) -> Dict[str, str]:
     """metrics.json, metrics.md and examples.png under ``output``; returns their URIs."""
     uris = {k: storage.join(output, k) for k in ("metrics.json", "metrics.md", "examples.png")}
-    payload = {"label": label, **ev.metrics, "skipped": [{"image_id": i, "reason": r} for i, r in ev.skipped]}
+    payload = {"label": label, "task": ev.task, **ev.metrics,
+               "skipped": [{"image_id": i, "reason": r} for i, r in ev.skipped]}
     storage.write_bytes(uris["metrics.json"], json.dumps(payload, indent=2).encode())
-    storage.write_bytes(uris["metrics.md"], (format_table({label: ev.metrics}) + "\n").encode())
+    storage.write_bytes(uris["metrics.md"], (format_table({label: ev.metrics}, get_task(ev.task).names) + "\n").encode())
     grid = example_grid(ev)
     if grid is not None:
         buf = io.BytesIO()

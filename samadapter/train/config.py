@@ -1,7 +1,8 @@
 """Typed training configuration: model, data, optimisation, run.
 
-Recipes are YAML files under ``configs/`` with the same four sections; ``--set
-section.key=value`` overrides any field (values parsed as YAML). Field defaults follow the
+Recipes are YAML files under ``configs/``: a ``task`` (camouflage, shadow, polyp, generic;
+``samadapter/tasks.py``) and four sections; ``--set section.key=value`` (or ``--set
+task=shadow``) overrides any field (values parsed as YAML). Field defaults follow the
 paper's optimisation recipe and a local run (tiny model, synthetic scenes, two CPU
 workers); ``jobs/train.py`` without ``--config`` uses ``configs/local-tiny.yaml``.
 """
@@ -19,6 +20,7 @@ from .. import storage
 from ..data.transforms import RESIZE_MODES
 from ..constants import ATTENTION_IMPLS
 from ..modeling.arch import ARCHS, arch_config
+from ..tasks import DEFAULT_TASK, LOSSES, TASKS
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,9 @@ class ModelConfig:
         return arch_config(self.arch, **self.overrides).img_size
 
 
+SYNTHETIC_KINDS = ("camouflage", "shadow", "polyp")
+
+
 @dataclass
 class DataConfig:
     # Dataset URI written by jobs/prepare_data.py; None: the embedded synthetic dataset,
@@ -68,20 +73,28 @@ class DataConfig:
     synthetic_size: int = 256
     synthetic_seed: int = 0
     cache_dir: Optional[str] = None
+    # Kind of the embedded synthetic scenes: camouflage, shadow or polyp (None: the task's).
+    synthetic_kind: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"data.resize_mode {self.resize_mode!r}: choose one of {list(RESIZE_MODES)}")
         if self.train_split == self.val_split:
             raise ConfigError("data.train_split and data.val_split are the same split; validate on held-out data")
+        if self.synthetic_kind is not None and self.synthetic_kind not in SYNTHETIC_KINDS:
+            raise ConfigError(f"data.synthetic_kind {self.synthetic_kind!r}: choose one of {list(SYNTHETIC_KINDS)}")
 
-    def dataset_uri(self) -> str:
+    def dataset_uri(self, kind: str = "camouflage") -> str:
+        """The dataset to train on: ``dataset``, or the embedded synthetic scenes of ``kind``
+        (``synthetic_kind`` when set) in the cache."""
         if self.dataset:
             return self.dataset
         cache = self.cache_dir or storage.cache_dir()
+        kind = self.synthetic_kind or kind
+        prefix = "synthetic" if kind == "camouflage" else f"synthetic-{kind}"
         return os.path.join(
             cache,
-            f"synthetic-{self.synthetic_train}-{self.synthetic_test}-{self.synthetic_size}-{self.synthetic_seed}",
+            f"{prefix}-{self.synthetic_train}-{self.synthetic_test}-{self.synthetic_size}-{self.synthetic_seed}",
         )
 
 
@@ -97,8 +110,11 @@ class OptimConfig:
     # the schedule advances per "step" or per "epoch"
     schedule_unit: str = "epoch"
     grad_clip: float = 1.0  # max gradient norm; 0 disables
+    # bce_iou, balanced_bce, dice_bce (train/losses.py) or auto: the task's default
+    loss: str = "auto"
     bce_weight: float = 1.0
     iou_weight: float = 1.0
+    dice_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -115,6 +131,8 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule_unit {self.schedule_unit!r}: choose step or epoch")
         if self.grad_clip < 0:
             raise ConfigError("optim.grad_clip must be >= 0 (0 disables clipping)")
+        if self.loss != "auto" and self.loss not in LOSSES:
+            raise ConfigError(f"optim.loss {self.loss!r}: choose auto (the task's) or one of {list(LOSSES)}")
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -192,16 +210,34 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "ru
 
 @dataclass
 class TrainConfig:
+    # camouflage, shadow, polyp or generic: the default loss, the validation metrics and
+    # the metric that picks the best checkpoint (samadapter/tasks.py)
+    task: str = DEFAULT_TASK
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r}: choose one of {sorted(TASKS)}")
         if self.run.fail_at_epoch is not None and self.run.fail_rank >= self.run.workers:
             raise ConfigError(f"run.fail_rank {self.run.fail_rank} is not a worker rank (workers: {self.run.workers})")
         if self.data.dataset is None and self.data.synthetic_size < 32:
             raise ConfigError("data.synthetic_size must be at least 32")
+
+    @property
+    def task_spec(self):
+        """The :class:`samadapter.tasks.Task` of this recipe."""
+        return TASKS[self.task]
+
+    @property
+    def loss(self) -> str:
+        """The loss to train with: ``optim.loss``, or the task's default for ``auto``."""
+        return self.task_spec.loss if self.optim.loss == "auto" else self.optim.loss
+
+    def dataset_uri(self) -> str:
+        return self.data.dataset_uri(self.task_spec.synthetic)
 
     # ----------------------------------------------------------- conversions
     def to_dict(self) -> Dict[str, Any]:
@@ -210,9 +246,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainConfig":
         d = dict(d or {})
+        task = d.pop("task", DEFAULT_TASK)
         unknown = sorted(set(d) - set(_SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown config sections {unknown}; the sections are {list(_SECTIONS)}")
+            raise ConfigError(f"unknown config sections {unknown}; the recipe has task and the sections {list(_SECTIONS)}")
         sections = {}
         for name, klass in _SECTIONS.items():
             values = d.get(name) or {}
@@ -227,7 +264,7 @@ class TrainConfig:
                 sections[name] = klass(**values)
             except TypeError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
-        return cls(**sections)
+        return cls(task=task, **sections)
 
     @classmethod
     def from_yaml(cls, path: str) -> "TrainConfig":
@@ -245,6 +282,9 @@ class TrainConfig:
                 raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=1e-4")
             key, raw = item.split("=", 1)
             parts = key.strip().split(".")
+            if parts == ["task"]:
+                d["task"] = yaml.safe_load(raw) if raw.strip() else None
+                continue
             if len(parts) < 2 or parts[0] not in _SECTIONS:
                 raise ConfigError(f"--set {item!r}: the key must start with one of {list(_SECTIONS)}, e.g. run.workers=4")
             value = yaml.safe_load(raw) if raw.strip() else None

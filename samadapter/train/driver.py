@@ -27,6 +27,7 @@ class TrainOutcome:
     best_checkpoint: Optional[str] = None
     latest_checkpoint: Optional[str] = None
     best_metrics: Optional[dict] = None
+    task: str = "camouflage"
 
     @property
     def best_adapter(self) -> Optional[str]:
@@ -35,7 +36,7 @@ class TrainOutcome:
 
 def ensure_embedded_dataset(cfg: TrainConfig, progress: bool = True) -> str:
     """The dataset URI to train on; generates the embedded synthetic dataset once."""
-    uri = cfg.data.dataset_uri()
+    uri = cfg.dataset_uri()
     if cfg.data.dataset:
         return uri
     if storage.exists(storage.join(uri, DATASET_INFO_FILE)):
@@ -44,7 +45,9 @@ def ensure_embedded_dataset(cfg: TrainConfig, progress: bool = True) -> str:
     from ..data.sources import synthetic_listing
 
     log.info("generating the embedded synthetic dataset into %s (once)", uri)
-    listing = synthetic_listing(cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_size, cfg.data.synthetic_seed)
+    kind = cfg.data.synthetic_kind or cfg.task_spec.synthetic
+    listing = synthetic_listing(cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_size,
+                                cfg.data.synthetic_seed, kind=kind)
     prepare_dataset(listing, uri, overwrite=True, progress=progress)
     return uri
 
@@ -145,7 +148,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="s_measure", checkpoint_score_order="max"
+                num_to_keep=1, checkpoint_score_attribute=cfg.task_spec.select_by,
+                checkpoint_score_order=cfg.task_spec.mode
             ),
         ),
         datasets={TRAIN: train_ds, VAL: val_ds},
@@ -156,7 +160,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     lines = read_metrics_lines(run_uri)
     before = next((r for r in lines if r.get("phase") == "before training"), None)
     validations = [r for r in lines if r.get("phase") == "validation"]
-    outcome = TrainOutcome(run_uri=run_uri, resumed=exists, before=before, validations=validations)
+    outcome = TrainOutcome(run_uri=run_uri, resumed=exists, before=before, validations=validations, task=cfg.task)
     scheme = storage.scheme(storage_uri)
 
     def uri_of(ckpt) -> str:
@@ -164,7 +168,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
 
     if result.checkpoint is not None:
         outcome.latest_checkpoint = uri_of(result.checkpoint)
-    best = result.get_best_checkpoint("s_measure", "max") if result.best_checkpoints else None
+    best = result.get_best_checkpoint(cfg.task_spec.select_by, cfg.task_spec.mode) if result.best_checkpoints else None
     if best is not None:
         outcome.best_checkpoint = uri_of(best)
         outcome.best_metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), None)
@@ -172,16 +176,18 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
 
 
 def summary_table(outcome: TrainOutcome) -> str:
-    """Before / best / last validation as a Markdown table."""
+    """Before / best / last validation as a Markdown table, in the task's metrics."""
     from ..metrics import format_table
+    from ..tasks import get_task
 
+    task = get_task(outcome.task)
     rows: Dict[str, dict] = {}
     if outcome.before:
         rows["before training"] = outcome.before
     if outcome.validations:
-        best = max(outcome.validations, key=lambda r: r["s_measure"])
+        best = task.best_of(outcome.validations)
         last = outcome.validations[-1]
         rows[f"best (epoch {best['epoch']})"] = best
         if last is not best:
             rows[f"last (epoch {last['epoch']})"] = last
-    return format_table(rows) if rows else "(no validation recorded)"
+    return format_table(rows, task.names) if rows else "(no validation recorded)"

@@ -157,7 +157,7 @@ def train_step(w: Worker, batch: Dict[str, Any]) -> float:
     y = torch.from_numpy(batch["masks"]).to(w.device, non_blocking=True)[:, None].float()
     with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
         logits = w.ddp_model(x)  # the DDP wrapper: gradients are all-reduced
-    loss = segmentation_loss(logits, y, cfg.optim.bce_weight, cfg.optim.iou_weight)
+    loss = segmentation_loss(logits, y, cfg.optim.bce_weight, cfg.optim.iou_weight, cfg.loss, cfg.optim.dice_weight)
     w.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip > 0:
@@ -201,9 +201,18 @@ def train_epoch(w: Worker, shard) -> dict:
 
 def run_validation(w: Worker, shard) -> dict:
     t0 = time.perf_counter()
-    scores = validate(w.model, shard, max(1, w.cfg.optim.batch_size * 2), w.cfg.data.resize_mode, w.bf16)
+    scores = validate(w.model, shard, max(1, w.cfg.optim.batch_size * 2), w.cfg.data.resize_mode, w.bf16,
+                      task=w.cfg.task)
     scores["val_seconds"] = time.perf_counter() - t0
+    scores["task"] = w.cfg.task
     return scores
+
+
+def describe_scores(task, scores: dict) -> str:
+    """``S 0.830  E 0.873 ...``: the task's metrics in one log line."""
+    from ..metrics import METRIC_TITLES
+
+    return "  ".join(f"{METRIC_TITLES.get(m, m)} {scores[m]:.3f}" for m in task.names)
 
 
 def save_checkpoint(w: Worker, record: dict) -> None:
@@ -218,7 +227,8 @@ def save_checkpoint(w: Worker, record: dict) -> None:
     append_metrics_line(w.run_uri, {"phase": "validation", **record})
     with tempfile.TemporaryDirectory() as tmp:
         storage.write_bytes(os.path.join(tmp, ADAPTER_FILE),
-                            weights_mod.adapter_bytes(w.model, {"epoch": str(w.epoch), "run": w.cfg.run.name}))
+                            weights_mod.adapter_bytes(w.model, {"epoch": str(w.epoch), "run": w.cfg.run.name,
+                                                               "task": w.cfg.task}))
         torch.save({"optimizer": w.optimizer.state_dict(), "scheduler": w.scheduler.state_dict(),
                     "epoch": w.epoch, "global_step": w.global_step}, os.path.join(tmp, STATE_FILE))
         with open(os.path.join(tmp, CHECKPOINT_METRICS), "w") as f:
@@ -243,8 +253,7 @@ def train_loop_per_worker(config: dict) -> None:
         before = run_validation(w, val_shard)
         if w.rank == 0:
             append_metrics_line(w.run_uri, {"epoch": 0, "phase": "before training", **before})
-            log.info("before training: S %.3f  E %.3f  wF %.3f  MAE %.3f", before["s_measure"], before["e_measure"],
-                     before["weighted_f"], before["mae"])
+            log.info("before training: %s", describe_scores(cfg.task_spec, before))
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 
     while w.epoch < cfg.optim.epochs:
@@ -258,6 +267,5 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         record.update(run_validation(w, val_shard))
         if w.rank == 0:
-            log.info("epoch %d: train loss %.4f | val S %.3f E %.3f wF %.3f MAE %.3f", w.epoch, record["train_loss"],
-                     record["s_measure"], record["e_measure"], record["weighted_f"], record["mae"])
+            log.info("epoch %d: train loss %.4f | val %s", w.epoch, record["train_loss"], describe_scores(cfg.task_spec, record))
         save_checkpoint(w, record)

@@ -1,4 +1,12 @@
-"""Training loss of SAM-Adapter: BCE-with-logits + soft IoU, 1:1 by default."""
+"""Training losses (the recipe's ``optim.loss``; ``auto`` takes the task's default):
+
+- ``bce_iou``: BCE-with-logits + soft IoU (SAM-Adapter's COD loss, 1:1 by default);
+- ``balanced_bce``: BCE with each image's positive and negative pixels weighted by the
+  other class's share (shadow detection, as the public reference trains shadows);
+- ``dice_bce``: BCE + soft Dice (polyp segmentation).
+
+All computed in fp32 on B x 1 x H x W logits and {0, 1} targets, averaged over the batch.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,7 @@ import torch.nn.functional as F
 
 
 def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """1 - sum(p*g) / (sum(p) + sum(g) - sum(p*g)), per image, averaged over the batch.
-
-    Args:
-        logits: B x 1 x H x W.
-        target: B x 1 x H x W in {0, 1}.
-    """
+    """1 - sum(p*g) / (sum(p) + sum(g) - sum(p*g)), per image, averaged over the batch."""
     p = torch.sigmoid(logits.float()).flatten(1)
     g = target.float().flatten(1)
     inter = (p * g).sum(1)
@@ -20,9 +23,37 @@ def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6)
     return (1 - inter / (union + eps)).mean()
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - (2 sum(p*g) + eps) / (sum(p) + sum(g) + eps), per image, averaged over the batch
+    (eps = 1: the usual smoothing, an empty prediction of an empty mask scores 0 loss)."""
+    p = torch.sigmoid(logits.float()).flatten(1)
+    g = target.float().flatten(1)
+    return (1 - (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)).mean()
+
+
+def balanced_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image: mean over pixels of w_pos * g * -log p + w_neg * (1 - g) * -log(1 - p),
+    with w_pos = N_neg / N and w_neg = N_pos / N (N pixels, N_pos of them positive), so
+    both classes weigh the same whatever the shadow's size; averaged over the batch."""
+    x = logits.float().flatten(1)
+    g = target.float().flatten(1)
+    n = g.shape[1]
+    pos = g.sum(1, keepdim=True)
+    w = torch.where(g > 0.5, (n - pos) / n, pos / n)
+    return (F.binary_cross_entropy_with_logits(x, g, weight=w, reduction="none").mean(1)).mean()
+
+
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0, iou_weight: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0, iou_weight: float = 1.0,
+    loss: str = "bce_iou", dice_weight: float = 1.0,
 ) -> torch.Tensor:
-    """bce_weight * BCE-with-logits + iou_weight * soft IoU (computed in fp32)."""
+    """The recipe's loss: ``bce_iou`` = bce_weight * BCE + iou_weight * soft IoU;
+    ``balanced_bce``; ``dice_bce`` = bce_weight * BCE + dice_weight * soft Dice."""
+    if loss == "balanced_bce":
+        return balanced_bce_loss(logits, target)
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    return bce_weight * bce + iou_weight * soft_iou_loss(logits, target)
+    if loss == "dice_bce":
+        return bce_weight * bce + dice_weight * soft_dice_loss(logits, target)
+    if loss == "bce_iou":
+        return bce_weight * bce + iou_weight * soft_iou_loss(logits, target)
+    raise ValueError(f"unknown loss {loss!r}")

@@ -6,7 +6,7 @@
         checkpoint_*/                   Ray Train's checkpoints (the best by S-measure and the latest)
             adapter.safetensors         the adapter (weights.py's format)
             train_state.pt              optimizer, scheduler, epoch, step (weights_only)
-            metrics.json                the epoch's record
+            metrics.json                the epoch's record (with its task: tasks.py picks the best)
 
 Torch-free: the segment job's driver and evaluation read runs through it.
 """
@@ -27,7 +27,6 @@ CHECKPOINT_PREFIX = "checkpoint_"
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.pt"
 CHECKPOINT_METRICS = "metrics.json"
-SELECT_BY = "s_measure"  # the metric that picks the best checkpoint (higher is better)
 
 
 def checkpoint_dirs(run_uri: str) -> List[str]:
@@ -45,18 +44,26 @@ def run_exists(run_uri: str) -> bool:
 
 
 def best_checkpoint(run_uri: str) -> Optional[str]:
-    """The checkpoint folder with the highest ``SELECT_BY`` that holds an adapter, or None."""
-    best, best_score = None, float("-inf")
+    """The checkpoint folder with the best score that holds an adapter, or None. The score
+    is the run's task's selection metric (``tasks.py``: S-measure up for camouflage, BER
+    down for shadows, Dice up for polyps), read from each checkpoint's record."""
+    from ..tasks import DEFAULT_TASK, get_task
+
+    best, best_score, best_task = None, None, None
     for ckpt in checkpoint_dirs(run_uri):
         try:
             metrics = json.loads(storage.read_bytes(storage.join(ckpt, CHECKPOINT_METRICS)))
         except FileNotFoundError:
             continue
-        score = float(metrics.get(SELECT_BY, float("-inf")))
-        if score > best_score and storage.exists(storage.join(ckpt, ADAPTER_FILE)):
-            best, best_score = ckpt, score
+        task = get_task(metrics.get("task", DEFAULT_TASK))
+        if task.select_by not in metrics or not storage.exists(storage.join(ckpt, ADAPTER_FILE)):
+            continue
+        score = float(metrics[task.select_by])
+        if best is None or task.better(score, best_score):
+            best, best_score, best_task = ckpt, score, task
     if best is not None:
-        log.info("best checkpoint of %s (%s %.3f): %s", run_uri, SELECT_BY, best_score, best)
+        log.info("best checkpoint of %s (%s %.3f, %s is better): %s", run_uri, best_task.select_by, best_score,
+                 "higher" if best_task.higher_is_better else "lower", best)
     return best
 
 

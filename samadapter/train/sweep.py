@@ -42,12 +42,11 @@ import yaml
 
 from .. import storage
 from .config import ConfigError, TrainConfig
-from .runs import SELECT_BY
+from ..tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
 RESULTS_MD, RESULTS_JSON, CHART_PNG, BEST_RECIPE, TUNE_DIR = "results.md", "results.json", "chart.png", "best.yaml", "_tune"
-REPORTED = ("s_measure", "e_measure", "weighted_f", "mae")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 # A trial only waits for its Ray Train run; Tune needs some resource to place it, and a
 # CPU fraction would leave Ray Data less than the whole CPU its read tasks need on a
@@ -76,6 +75,8 @@ class SweepSpec:
             raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if not self.grid:
             raise ConfigError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) or a sweep file with a grid")
+        if "task" in self.grid:
+            raise ConfigError("a sweep compares trials of one task (their metrics differ): set task, do not sweep it")
         for key, values in self.grid.items():
             if isinstance(values, dict):
                 if len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
@@ -156,7 +157,7 @@ def trial_run_name(params: Dict[str, Any], suffix: str = "") -> str:
     return slug + (f"-{suffix}" if suffix else "")
 
 
-def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:
+def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:  # noqa: C901
     """One Tune trial: the base recipe with ``params``, trained with Ray Train under the
     sweep; Train's reports reach Tune as they happen, then the best validation."""
     import ray.tune
@@ -171,12 +172,13 @@ def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search:
     outcome = run_training(cfg, progress=False, callbacks=[TuneReportCallback()])
     if not outcome.validations:
         raise RuntimeError(f"run {outcome.run_uri} recorded no validation")
-    best = max(outcome.validations, key=lambda r: r[SELECT_BY])
+    task = cfg.task_spec
+    best = task.best_of(outcome.validations)
     before = outcome.before or {}
     ray.tune.report({
-        **{f"best_{k}": best[k] for k in REPORTED},
+        **{f"best_{k}": best[k] for k in task.names},
         "best_epoch": best["epoch"],
-        **{f"before_{k}": before[k] for k in REPORTED if k in before},
+        **{f"before_{k}": before[k] for k in task.names if k in before},
         "train_seconds": sum(r.get("train_seconds", 0.0) for r in outcome.validations),
         "run_uri": outcome.run_uri,
         "best_checkpoint": outcome.best_checkpoint or "",
@@ -238,35 +240,39 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
         else:
             row.update({k: v for k, v in result.metrics.items() if k.startswith(("best_", "before_")) or k in ("train_seconds", "run_uri")})
         rows.append(row)
-    return write_results(sweep_uri, rank(rows), base, spec)
+    return write_results(sweep_uri, rank(rows, base_cfg.task_spec), base, spec)
 
 
-def rank(rows: List[dict]) -> List[dict]:
-    """Best ``SELECT_BY`` first, failed trials last."""
-    return sorted(rows, key=lambda r: (bool(r["error"]), -r.get(f"best_{SELECT_BY}", float("-inf"))))
+def rank(rows: List[dict], task: Task) -> List[dict]:
+    """The best ``task.select_by`` first, failed trials last."""
+    sign = -1 if task.higher_is_better else 1
+    return sorted(rows, key=lambda r: (bool(r["error"]), sign * r.get(f"best_{task.select_by}", 0.0)))
 
 
-def results_table(rows: List[dict]) -> str:
-    """Markdown: one row per trial, best S-measure first (failed trials last)."""
+def results_table(rows: List[dict], task: Task) -> str:
+    """Markdown: one row per trial in the task's metrics, the best first (failed trials last)."""
     from ..metrics import METRIC_TITLES
 
-    rows = rank(rows)
-    head = "| trial | " + " | ".join(METRIC_TITLES[m] for m in REPORTED) + " | best epoch | before S-alpha | train s |"
-    lines = [head, "|---|" + "---:|" * (len(REPORTED) + 3)]
+    rows = rank(rows, task)
+    names = task.names
+    head = ("| trial | " + " | ".join(METRIC_TITLES[m] for m in names)
+            + f" | best epoch | before {METRIC_TITLES[task.select_by]} | train s |")
+    lines = [head, "|---|" + "---:|" * (len(names) + 3)]
     for r in rows:
         if r["error"]:
-            lines.append(f"| {r['trial']} | failed: {r['error']} |" + " |" * (len(REPORTED) + 2))
+            lines.append(f"| {r['trial']} | failed: {r['error']} |" + " |" * (len(names) + 2))
             continue
-        before = r.get(f"before_{SELECT_BY}")
+        before = r.get(f"before_{task.select_by}")
         lines.append(
-            f"| {r['trial']} | " + " | ".join(f"{r[f'best_{m}']:.3f}" for m in REPORTED)
+            f"| {r['trial']} | " + " | ".join(f"{r[f'best_{m}']:.3f}" for m in names)
             + f" | {r['best_epoch']} | {'' if before is None else f'{before:.3f}'} | {r.get('train_seconds', 0):.0f} |"
         )
     return "\n".join(lines)
 
 
-def bar_chart(rows: List[dict], metric: str = SELECT_BY) -> bytes:
-    """A PNG of horizontal bars, one per finished trial, of ``best_<metric>``."""
+def bar_chart(rows: List[dict], metric: str) -> bytes:
+    """A PNG of horizontal bars (length relative to the largest), one per finished trial,
+    of ``best_<metric>``, in the given (ranked) order."""
     from PIL import Image, ImageDraw, ImageFont
 
     from ..metrics import METRIC_TITLES
@@ -278,31 +284,34 @@ def bar_chart(rows: List[dict], metric: str = SELECT_BY) -> bytes:
     img = Image.new("RGB", (label_w + bar_w + 60, top + row_h * max(len(done), 1) + 10), "white")
     draw = ImageDraw.Draw(img)
     draw.text((8, 8), f"best {METRIC_TITLES.get(metric, metric)} per trial (best first)", fill="black", font=font)
+    top_value = max([abs(float(r[f"best_{metric}"])) for r in done] + [1e-12])
     for i, r in enumerate(done):
         y = top + i * row_h
         value = float(r[f"best_{metric}"])
+        length = int(bar_w * max(0.0, value) / top_value)
         draw.text((8, y + 4), r["trial"], fill="black", font=font)
-        draw.rectangle([label_w, y + 3, label_w + int(bar_w * max(0.0, min(1.0, value))), y + row_h - 3],
-                       fill=(70, 110, 180) if i else (220, 120, 40))
-        draw.text((label_w + int(bar_w * max(0.0, min(1.0, value))) + 4, y + 4), f"{value:.3f}", fill="black", font=font)
+        draw.rectangle([label_w, y + 3, label_w + length, y + row_h - 3], fill=(70, 110, 180) if i else (220, 120, 40))
+        draw.text((label_w + length + 4, y + 4), f"{value:.3f}", fill="black", font=font)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def write_results(sweep_uri: str, rows: List[dict], base: dict, spec: SweepSpec) -> Dict[str, str]:
+    task = get_task(base.get("task", "camouflage"))
     uris = {k: storage.join(sweep_uri, k) for k in (RESULTS_MD, RESULTS_JSON, CHART_PNG, BEST_RECIPE)}
-    table = results_table(rows)
+    table = results_table(rows, task)
     storage.write_bytes(uris[RESULTS_MD], (table + "\n").encode())
     storage.write_bytes(uris[RESULTS_JSON], json.dumps(rows, indent=1, default=str).encode())
-    storage.write_bytes(uris[CHART_PNG], bar_chart(rows))
+    storage.write_bytes(uris[CHART_PNG], bar_chart(rows, task.select_by))
     best = next((r for r in rows if not r["error"]), None)
     if best is None:
         uris.pop(BEST_RECIPE)
     else:
         cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), best["params"])
         cfg.run.name = f"{spec.sweep_name()}-best"
-        header = f"# The best trial of sweep {spec.sweep_name()} ({best['trial']}: {SELECT_BY} {best[f'best_{SELECT_BY}']:.3f}).\n"
+        header = (f"# The best trial of sweep {spec.sweep_name()} "
+                  f"({best['trial']}: {task.select_by} {best[f'best_{task.select_by}']:.3f}).\n")
         storage.write_bytes(uris[BEST_RECIPE], (header + cfg.to_yaml()).encode())
     uris["table"] = table
     return uris

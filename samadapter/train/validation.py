@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.reading import decode_for_validation, read_split, unpack_ground_truth
-from ..metrics import CODMetrics
+from ..tasks import DEFAULT_TASK, get_task
 from ..ops import resize_logits, to_model_input
 
 TRAIN, VAL = "train", "val"
@@ -61,10 +61,11 @@ def rank_and_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def score_batches(model, batches, resize_mode: str, bf16: bool) -> Tuple[CODMetrics, int, int]:
+def score_batches(model, batches, resize_mode: str, bf16: bool, task: str = DEFAULT_TASK) -> Tuple[object, int, int]:
     """(metrics, rows that failed to decode, rows seen) over ``decode_for_validation``
-    batches: logits at the model size, resized to each ground truth's original size."""
-    metrics, bad, rows = CODMetrics(), 0, 0
+    batches: logits at the model size, resized to each ground truth's original size, scored
+    with the task's metrics."""
+    metrics, bad, rows = get_task(task).metrics(), 0, 0
     was_training = model.training
     model.eval()
     device = model.pixel_mean.device
@@ -87,19 +88,19 @@ def score_batches(model, batches, resize_mode: str, bf16: bool) -> Tuple[CODMetr
     return metrics, bad, rows
 
 
-def validate(model, shard, batch_size: int, resize_mode: str, bf16: bool) -> Dict[str, float]:
+def validate(model, shard, batch_size: int, resize_mode: str, bf16: bool, task: str = DEFAULT_TASK) -> Dict[str, float]:
     """Score this worker's stream of the validation split; gather across workers.
 
     Returns the split's metrics plus ``val_skipped`` (rows that failed to decode) and
     ``val_rows_read`` (rows the workers received together: the split's size, each row once).
     """
     batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
-    metrics, bad, rows = score_batches(model, batches, resize_mode, bf16)
+    metrics, bad, rows = score_batches(model, batches, resize_mode, bf16, task)
     rank, world = rank_and_world()
     if world > 1:
         gathered: List[Optional[tuple]] = [None] * world
         dist.all_gather_object(gathered, (metrics.scores, bad, rows))
-        metrics, bad, rows = CODMetrics(), 0, 0
+        metrics, bad, rows = get_task(task).metrics(), 0, 0
         for part, part_bad, part_rows in gathered:
             metrics.extend(part)
             bad += part_bad

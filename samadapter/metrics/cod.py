@@ -17,7 +17,6 @@ import numpy as np
 import py_sod_metrics as sod
 
 METRIC_NAMES = ("s_measure", "e_measure", "weighted_f", "mae")
-METRIC_TITLES = {"s_measure": "S-alpha", "e_measure": "mean E-phi", "weighted_f": "weighted F", "mae": "MAE"}
 
 
 def _as_uint8(a: np.ndarray, what: str, binary: bool) -> np.ndarray:
@@ -59,7 +58,11 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> Dict[str, object]:
 
 
 class CODMetrics:
-    """Accumulates per-image scores; ``merge`` combines workers' shares."""
+    """Accumulates per-image scores; ``extend`` adds another worker's share."""
+
+    names = METRIC_NAMES
+    image_key = "s"  # the per-image score that ranks images (higher is better)
+    image_higher_is_better = True
 
     def __init__(self) -> None:
         self.scores: List[Dict[str, object]] = []
@@ -85,15 +88,3 @@ class CODMetrics:
             "mae": float(np.mean([s["mae"] for s in self.scores])),
             "num_images": len(self.scores),
         }
-
-
-def format_table(rows: Dict[str, Dict[str, float]]) -> str:
-    """A Markdown table: one row per label (e.g. 'before training', 'after')."""
-    head = "| | " + " | ".join(METRIC_TITLES[m] for m in METRIC_NAMES) + " | images |"
-    sep = "|---|" + "---:|" * (len(METRIC_NAMES) + 1)
-    lines = [head, sep]
-    for label, r in rows.items():
-        lines.append(
-            f"| {label} | " + " | ".join(f"{r[m]:.3f}" for m in METRIC_NAMES) + f" | {r.get('num_images', '')} |"
-        )
-    return "\n".join(lines)

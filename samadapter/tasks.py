@@ -1,0 +1,70 @@
+"""Tasks: what a recipe's ``task`` selects, in one place.
+
+SAM-Adapter was shown on three task families; each has its loss, its metrics, and the
+metric that picks the best checkpoint:
+
+| task       | default loss  | metrics (samadapter/metrics/)                 | best checkpoint |
+|------------|---------------|-----------------------------------------------|-----------------|
+| camouflage | bce_iou       | S-measure, mean E-measure, weighted F, MAE     | S-measure, max  |
+| shadow     | balanced_bce  | BER, shadow / non-shadow error, BER image mean | BER, min        |
+| polyp      | dice_bce      | Dice, IoU (per-image means), MAE               | Dice, max       |
+| generic    | bce_iou       | Dice, IoU, MAE                                 | IoU, max        |
+
+Torch-free: the segment job's driver and evaluation read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+from .metrics import BERMetrics, CODMetrics, OverlapMetrics
+
+DEFAULT_TASK = "camouflage"
+LOSSES = ("bce_iou", "balanced_bce", "dice_bce")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    loss: str                      # the default of optim.loss ("auto")
+    metrics: Callable[[], object]  # a fresh accumulator (samadapter/metrics/)
+    select_by: str                 # the metric that picks the best checkpoint
+    higher_is_better: bool
+    synthetic: str                 # the kind of the embedded synthetic scenes
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(self.metrics.names)
+
+    @property
+    def mode(self) -> str:
+        """``max`` or ``min``: Ray's spelling of the selection order."""
+        return "max" if self.higher_is_better else "min"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def worst(self) -> float:
+        return float("-inf") if self.higher_is_better else float("inf")
+
+    def best_of(self, records, key: str = None):
+        """The record with the best ``select_by`` (or ``key``)."""
+        key = key or self.select_by
+        pick = max if self.higher_is_better else min
+        return pick(records, key=lambda r: r[key])
+
+
+TASKS: Dict[str, Task] = {
+    "camouflage": Task("camouflage", "bce_iou", CODMetrics, "s_measure", True, "camouflage"),
+    "shadow": Task("shadow", "balanced_bce", BERMetrics, "ber", False, "shadow"),
+    "polyp": Task("polyp", "dice_bce", OverlapMetrics, "dice", True, "polyp"),
+    "generic": Task("generic", "bce_iou", OverlapMetrics, "iou", True, "camouflage"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
