@@ -49,9 +49,9 @@ def test_model_and_train_step_modes_on_tiny(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_plan_mode(tmp_path):
-    data = _run(tmp_path, "plan", "--keys", "3000,8000", timeout=380, head="| keys |")
+    data = _run(tmp_path, "plan", "--keys", "2000", timeout=380, head="| keys |")  # one size: a fresh Ray each
     rows = data["results"]
-    assert [r["keys"] for r in rows] == [3000, 8000]
+    assert [r["keys"] for r in rows] == [2000]
     for r in rows:  # half of the keys are in the ledger (another model's rows), half are new
         assert r["done"] == r["keys"] // 2 and r["to_do"] == r["keys"] - r["keys"] // 2
         assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0

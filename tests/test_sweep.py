@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,26 +61,38 @@ def test_results_table_best_first_failures_last():
     assert "| a | failed: boom |" in table
 
 
-def test_sweep_cli_dry_run_and_errors():
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "jobs/sweep.py", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "sweep knowledge-ablation-tiny: search grid" in out.stdout and "epochs: 6" in out.stdout
-    bad = subprocess.run([sys.executable, "jobs/sweep.py", "--grid", "model.overrides.knowledge=fft,colour", "--dry-run"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown knowledge source 'colour'" in bad.stderr
+def _sweep_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_job", os.path.join(ROOT, "jobs", "sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_sweep_cli_dry_run_and_errors(capsys):
+    main = _sweep_main()
+    assert main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep knowledge-ablation-tiny: search grid" in out and "epochs: 6" in out
+    assert main(["--grid", "model.overrides.knowledge=fft,colour", "--dry-run"]) == 2
+    assert "unknown knowledge source 'colour'" in capsys.readouterr().err
+    assert main(["--grid", "task=shadow,polyp", "--dry-run"]) == 2
+    assert "do not sweep it" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_trial_sweep_on_local_ray(ray_local, tmp_path):
+def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path):
+    """Two trials of the tiny shadow recipe (one epoch each): a sweep end to end, the shadow
+    task trained on CPU with its BER dropping, and lower-is-better everywhere it selects."""
     from PIL import Image
 
-    from samadapter.train.runs import run_exists
+    from samadapter.train.runs import CHECKPOINT_METRICS, best_checkpoint, read_metrics_lines, run_exists
     from samadapter.train.sweep import run_sweep
 
     spec = SweepSpec(
-        recipe=os.path.join(ROOT, "configs", "local-tiny.yaml"),
+        recipe=os.path.join(ROOT, "configs", "local-tiny-shadow.yaml"),
         set={"optim.epochs": 1, "optim.batch_size": 4, "run.workers": 1, "data.synthetic_train": 16, "data.synthetic_test": 8,
              "data.synthetic_size": 128, "model.overrides.img_size": 128, "data.cache_dir": str(tmp_path / "cache")},
         grid={"model.overrides.knowledge": ["fft", "edges"]},
@@ -90,17 +103,33 @@ def test_two_trial_sweep_on_local_ray(ray_local, tmp_path):
     rows = json.loads((sweep / "results.json").read_text())
     assert [r["error"] for r in rows] == [None, None], rows
     assert {r["params"]["model.overrides.knowledge"] for r in rows} == {"fft", "edges"}
-    assert rows[0]["best_s_measure"] >= rows[1]["best_s_measure"]
-    for r in rows:  # each trial a training run of its own under the sweep, validated once before and once after
+    assert rows[0]["best_ber"] <= rows[1]["best_ber"]  # lower BER first
+    for r in rows:  # each trial a training run of its own under the sweep
         assert run_exists(r["run_uri"]) and r["run_uri"].startswith(str(sweep))
-        assert r["best_epoch"] == 1 and 0 < r["best_s_measure"] < 1 and "before_s_measure" in r
         trained = TrainConfig.from_yaml(os.path.join(r["run_uri"], "config.yaml"))
+        assert trained.task == "shadow" and trained.loss == "balanced_bce"
         assert trained.model.overrides["knowledge"] == r["params"]["model.overrides.knowledge"]
         assert trained.run.workers == 1 and trained.optim.epochs == 1
+        assert r["best_ber"] < r["before_ber"], r  # the shadow recipe learns on CPU
+        # the run's best checkpoint is its lowest BER
+        bers = [line["ber"] for line in read_metrics_lines(r["run_uri"]) if line.get("phase") == "validation"]
+        chosen = json.loads((Path(best_checkpoint(r["run_uri"])) / CHECKPOINT_METRICS).read_text())
+        assert chosen["task"] == "shadow" and chosen["ber"] == min(bers) == r["best_ber"]
     table = (sweep / "results.md").read_text()
-    assert table.splitlines()[2].startswith(f"| {rows[0]['trial']} | {rows[0]['best_s_measure']:.3f} |")
+    assert table.splitlines()[0].startswith("| trial | BER % | shadow err % |")
+    assert table.splitlines()[2].startswith(f"| {rows[0]['trial']} | {rows[0]['best_ber']:.3f} |")
     assert out["table"] == table.strip()
     assert Image.open(sweep / "chart.png").size[0] > 200
     best = TrainConfig.from_dict(yaml.safe_load((sweep / "best.yaml").read_text()))
-    assert best.model.overrides["knowledge"] == rows[0]["params"]["model.overrides.knowledge"]
+    assert best.task == "shadow" and best.model.overrides["knowledge"] == rows[0]["params"]["model.overrides.knowledge"]
     assert best.run.name == "ablation-best" and best.optim.epochs == 1
+
+    # jobs/evaluate.py on the best trial: the checkpoint's task, the task's columns, its BER
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    ev = subprocess.run([sys.executable, "jobs/evaluate.py", "--dataset", best.dataset_uri(), "--split", "test",
+                         "--checkpoint", rows[0]["run_uri"], "--output", str(tmp_path / "eval")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    assert "task: shadow" in ev.stdout and "| BER % | shadow err % |" in ev.stdout
+    # the same checkpoint scored by evaluation (a pixel at exactly 0.5 may flip: 0.05 points)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["ber"] == pytest.approx(rows[0]["best_ber"], abs=0.05)
