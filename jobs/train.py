@@ -12,7 +12,12 @@ On a cluster:
 
 Rerunning with the same --name (and storage) continues from the run's latest
 checkpoint. Any config field can be set with --set section.key=value, e.g.
---set optim.lr=1e-4 --set model.overrides.img_size=512.
+--set optim.lr=1e-4 --set model.overrides.img_size=512 --set model.overrides.knowledge=fft+edges.
+
+The recipe's task (camouflage, shadow, polyp, generic; --set task=shadow) selects the loss,
+the validation metrics and the metric that picks the best checkpoint (S-measure up, BER
+down, Dice up, IoU up): python jobs/train.py --config configs/local-tiny-shadow.yaml runs
+the shadow task on synthetic shadow scenes.
 """
 
 from __future__ import annotations
