@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from samadapter.cli import doc_parser, storage_error
+from samadapter.cli import doc_parser, guarded
 from samadapter.tasks import TASKS
 
 
@@ -48,20 +48,16 @@ def main(argv=None) -> int:
     source = args.checkpoint or args.predictions
     base = source.rsplit("/", 1)[0] if source.endswith(".safetensors") else source
     output = args.output or storage.join(base, f"eval-{args.split}")
-    try:
-        if args.checkpoint:
-            ev = evaluate_checkpoint(args.dataset, args.split, args.checkpoint, args.sam_checkpoint, args.batch_size,
-                                     args.resize_mode, task=args.task)
-        else:
-            ev = evaluate_predictions(args.dataset, args.split, args.predictions, task=args.task or "camouflage")
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        if not storage_error(exc):
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
-        if storage_error(exc):
-            return 2
-        raise
+    if args.checkpoint:
+        ev, status = guarded(lambda: evaluate_checkpoint(args.dataset, args.split, args.checkpoint, args.sam_checkpoint,
+                                                         args.batch_size, args.resize_mode, task=args.task),
+                             (FileNotFoundError, CheckpointError, ValueError))
+    else:
+        ev, status = guarded(lambda: evaluate_predictions(args.dataset, args.split, args.predictions,
+                                                          task=args.task or "camouflage"),
+                             (FileNotFoundError, CheckpointError, ValueError))
+    if status is not None:
+        return status
     label = f"{args.split} ({os.path.basename(source.rstrip('/'))})"
     uris = write_report(ev, output, label)
     print(f"task: {ev.task}")

@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 
 
-from samadapter.cli import doc_parser, storage_error
+from samadapter.cli import doc_parser, guarded
 from samadapter.data import sources
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError
@@ -75,44 +75,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _listing(args: argparse.Namespace) -> sources.SourceListing:
+    if args.source == "cod10k":
+        return sources.cod_listing(args.input, include_noncam=args.include_noncam)
+    if args.source in sources.TASK_LAYOUTS:
+        return sources.task_listing(args.source, args.input, test_percent=args.test_percent)
+    if args.source == "paired":
+        return sources.paired_listing(args.images, args.masks, args.split)
+    return sources.synthetic_listing(args.num_train, args.num_test, args.size, args.seed, kind=args.kind)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        if args.source == "cod10k":
-            listing = sources.cod_listing(args.input, include_noncam=args.include_noncam)
-        elif args.source in sources.TASK_LAYOUTS:
-            listing = sources.task_listing(args.source, args.input, test_percent=args.test_percent)
-        elif args.source == "paired":
-            listing = sources.paired_listing(args.images, args.masks, args.split)
-        else:
-            listing = sources.synthetic_listing(args.num_train, args.num_test, args.size, args.seed, kind=args.kind)
-    except (ValueError, FileNotFoundError) as exc:
-        if not storage_error(exc):
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001
-        if storage_error(exc):
-            return 2
-        raise
+    listing, status = guarded(lambda: _listing(args), (ValueError, FileNotFoundError))
+    if status is not None:
+        return status
     print(f"source: {listing.description}; {len(listing.candidates)} candidates")
-    try:
-        summary = prepare_dataset(
-            listing,
-            args.output,
-            shard_mb=args.shard_mb,
-            overwrite=args.overwrite,
-            max_pixels=args.max_pixels,
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
-    except DatasetExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
-        if storage_error(exc):
-            return 2
-        raise
+    summary, status = guarded(lambda: prepare_dataset(listing, args.output, shard_mb=args.shard_mb,
+                                                      overwrite=args.overwrite, max_pixels=args.max_pixels,
+                                                      workers=args.workers, progress=not args.no_progress),
+                              (DatasetExistsError,))
+    if status is not None:
+        return status
     print(f"\nwritten to {summary['output']}:")
     for split, n in summary["written"].items():
         print(f"  {split:<16} {n:>7} rows  ({len(summary['manifest']['shards'][split])} shard(s))")

@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 
-from samadapter.cli import add_config_arguments, config_from_args, doc_parser, storage_error
+from samadapter.cli import add_config_arguments, config_from_args, doc_parser, guarded
 from samadapter.segment.run import SegmentConfig
 
 DEFAULT_RUN = os.path.join("runs", "local-tiny")
@@ -87,16 +87,10 @@ def main(argv=None) -> int:
     from samadapter.modeling.weights import CheckpointError
     from samadapter.segment.run import run_segmentation, summary_lines
 
-    try:
-        s = run_segmentation(cfg, progress=not args.no_progress)
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        if not storage_error(exc):
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
-        if storage_error(exc):
-            return 2
-        raise
+    s, status = guarded(lambda: run_segmentation(cfg, progress=not args.no_progress),
+                        (FileNotFoundError, CheckpointError, ValueError))
+    if status is not None:
+        return status
     print()
     print("\n".join(summary_lines(s)))
     if cfg.dry_run:

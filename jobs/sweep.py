@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 
-from samadapter.cli import doc_parser, storage_error
+from samadapter.cli import doc_parser, guarded
 from samadapter.train.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,15 +95,9 @@ def main(argv=None) -> int:
 
     from samadapter.train.sweep import run_sweep
 
-    try:
-        out = run_sweep(spec, storage_uri=args.storage)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
-        if storage_error(exc):
-            return 2
-        raise
+    out, status = guarded(lambda: run_sweep(spec, storage_uri=args.storage), (ConfigError,))
+    if status is not None:
+        return status
     print()
     print(out.pop("table"))
     for name, uri in out.items():

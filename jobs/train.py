@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 
-from samadapter.cli import doc_parser, storage_error
+from samadapter.cli import doc_parser, guarded, storage_error
 from samadapter.train.config import ConfigError, TrainConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "local-tiny.yaml")
@@ -83,15 +83,9 @@ def main(argv=None) -> int:
 
     from samadapter.train.driver import run_training, summary_table
 
-    try:
-        outcome = run_training(cfg, resume=args.resume)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
-        if storage_error(exc):
-            return 2
-        raise
+    outcome, status = guarded(lambda: run_training(cfg, resume=args.resume), (ConfigError,))
+    if status is not None:
+        return status
     print()
     print(f"run: {outcome.run_uri}" + (" (resumed)" if outcome.resumed else ""))
     print(summary_table(outcome))

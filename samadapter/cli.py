@@ -29,6 +29,24 @@ def storage_error(exc: BaseException) -> bool:
     return True
 
 
+def guarded(work, user_errors=()):
+    """Run ``work()`` the way every job ends: ``(result, None)``, or ``(None, 2)`` after one
+    line on stderr for an input error (``user_errors``) or an object-storage problem
+    (``storage_error``). Anything else propagates with its traceback."""
+    import sys
+
+    try:
+        return work(), None
+    except tuple(user_errors) as exc:
+        if not storage_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+    except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
+        if storage_error(exc):
+            return None, 2
+        raise
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
     """One ``--flag`` per field of a config dataclass: type, default and choices from the
     field, help and argument group from its metadata (``help``, ``group``, ``choices``).

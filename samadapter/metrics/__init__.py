@@ -4,16 +4,16 @@
 - ``ber``: shadows - balanced error rate with its shadow and non-shadow errors (percent).
 - ``overlap``: polyps and generic masks - Dice, IoU (per-image means), MAE.
 
-Every accumulator has the same shape: ``add(pred, gt)`` scores one image into a small dict
-(``scores``), ``extend`` adds another worker's dicts, ``results()`` gives the split's
-numbers plus ``num_images``; ``names`` are its columns, ``image_key`` the per-image score
-that ranks examples. ``samadapter/tasks.py`` says which task uses which.
+Every accumulator is a ``ScoreAccumulator`` (``accumulator.py``): ``add(pred, gt)`` scores
+one image into a small dict, ``extend`` adds another worker's dicts, ``results()`` gives the
+split's numbers plus ``num_images``. ``samadapter/tasks.py`` says which task uses which.
 """
 
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+from .accumulator import ScoreAccumulator
 from .ber import BERMetrics
 from .cod import METRIC_NAMES, CODMetrics, image_scores
 from .overlap import OverlapMetrics
@@ -37,4 +37,5 @@ def format_table(rows: Dict[str, Dict[str, float]], names: Optional[Sequence[str
     return "\n".join(lines)
 
 
-__all__ = ["BERMetrics", "CODMetrics", "METRIC_NAMES", "METRIC_TITLES", "OverlapMetrics", "format_table", "image_scores"]
+__all__ = ["BERMetrics", "CODMetrics", "METRIC_NAMES", "METRIC_TITLES", "OverlapMetrics", "ScoreAccumulator",
+           "format_table", "image_scores"]

@@ -15,11 +15,12 @@ Lower is better for all of them.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict
 
 import numpy as np
 
 from ._binary import binarize
+from .accumulator import ScoreAccumulator
 
 NAMES = ("ber", "shadow_error", "non_shadow_error", "ber_per_image")
 
@@ -38,29 +39,18 @@ def image_ber(c: Dict[str, int]) -> float:
     return 100.0 * float(np.mean(errors)) if errors else 0.0
 
 
-class BERMetrics:
-    """Accumulates per-image confusion counts; ``extend`` adds another worker's share."""
+class BERMetrics(ScoreAccumulator):
+    """Per-image confusion counts; the split's errors from the pooled counts."""
 
     names = NAMES
     image_key = "ber"
     image_higher_is_better = False
 
-    def __init__(self) -> None:
-        self.scores: List[Dict[str, float]] = []
-
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+    def image_score(self, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
         c = confusion(pred, gt)
-        self.scores.append({**c, "ber": image_ber(c)})
+        return {**c, "ber": image_ber(c)}
 
-    def extend(self, scores: Iterable[Dict[str, float]]) -> None:
-        self.scores.extend(scores)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def results(self) -> Dict[str, float]:
-        if not self.scores:
-            raise ValueError("no images were scored")
+    def summarize(self) -> Dict[str, float]:
         tp, tn, pos, neg = (sum(s[k] for s in self.scores) for k in ("tp", "tn", "pos", "neg"))
         shadow = 100.0 * (1 - tp / pos) if pos else 0.0
         non_shadow = 100.0 * (1 - tn / neg) if neg else 0.0
@@ -69,5 +59,4 @@ class BERMetrics:
             "shadow_error": shadow,
             "non_shadow_error": non_shadow,
             "ber_per_image": float(np.mean([s["ber"] for s in self.scores])),
-            "num_images": len(self.scores),
         }

@@ -11,10 +11,12 @@ boolean ground truth would silently become all background, so inputs are convert
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict
 
 import numpy as np
 import py_sod_metrics as sod
+
+from .accumulator import ScoreAccumulator
 
 METRIC_NAMES = ("s_measure", "e_measure", "weighted_f", "mae")
 
@@ -57,34 +59,21 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> Dict[str, object]:
     }
 
 
-class CODMetrics:
-    """Accumulates per-image scores; ``extend`` adds another worker's share."""
+class CODMetrics(ScoreAccumulator):
+    """The four numbers COD papers report, each a mean over images."""
 
     names = METRIC_NAMES
-    image_key = "s"  # the per-image score that ranks images (higher is better)
+    image_key = "s"
     image_higher_is_better = True
 
-    def __init__(self) -> None:
-        self.scores: List[Dict[str, object]] = []
+    def image_score(self, pred: np.ndarray, gt: np.ndarray) -> Dict[str, object]:
+        return image_scores(pred, gt)
 
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        self.scores.append(image_scores(pred, gt))
-
-    def extend(self, scores: Iterable[Dict[str, object]]) -> None:
-        self.scores.extend(scores)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def results(self) -> Dict[str, float]:
-        """The four numbers COD papers report, plus ``num_images``."""
-        if not self.scores:
-            raise ValueError("no images were scored")
+    def summarize(self) -> Dict[str, float]:
         curve = np.mean([s["em_curve"] for s in self.scores], axis=0)
         return {
             "s_measure": float(np.mean([s["s"] for s in self.scores])),
             "e_measure": float(curve.mean()),
             "weighted_f": float(np.mean([s["wf"] for s in self.scores])),
             "mae": float(np.mean([s["mae"] for s in self.scores])),
-            "num_images": len(self.scores),
         }

@@ -7,11 +7,12 @@ both the prediction and the ground truth are empty scores 1 (nothing to find, no
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict
 
 import numpy as np
 
 from ._binary import as_probability, binarize
+from .accumulator import ScoreAccumulator
 
 NAMES = ("dice", "iou", "mae")
 
@@ -27,28 +28,15 @@ def image_overlap(pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
     }
 
 
-class OverlapMetrics:
-    """Accumulates per-image Dice / IoU / MAE; ``extend`` adds another worker's share."""
+class OverlapMetrics(ScoreAccumulator):
+    """Per-image Dice / IoU / MAE, each averaged over the split."""
 
     names = NAMES
     image_key = "dice"
     image_higher_is_better = True
 
-    def __init__(self) -> None:
-        self.scores: List[Dict[str, float]] = []
+    def image_score(self, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
+        return image_overlap(pred, gt)
 
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        self.scores.append(image_overlap(pred, gt))
-
-    def extend(self, scores: Iterable[Dict[str, float]]) -> None:
-        self.scores.extend(scores)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def results(self) -> Dict[str, float]:
-        if not self.scores:
-            raise ValueError("no images were scored")
-        out = {k: float(np.mean([s[k] for s in self.scores])) for k in NAMES}
-        out["num_images"] = len(self.scores)
-        return out
+    def summarize(self) -> Dict[str, float]:
+        return {k: float(np.mean([s[k] for s in self.scores])) for k in NAMES}
