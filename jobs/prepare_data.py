@@ -30,13 +30,14 @@ from collections import Counter
 from samadapter.cli import doc_parser, guarded
 from samadapter.data import sources
 from samadapter.data.prepare import prepare_dataset
+from samadapter.data.synthetic import SCENES
 from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError
 from samadapter.data.transforms import DEFAULT_MAX_PIXELS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = doc_parser("prepare_data.py", __doc__)
-    p.add_argument("--source", required=True, choices=["cod10k", "istd", "sbu", "kvasir", "cvc", "paired", "synthetic"],
+    p.add_argument("--source", required=True, choices=["cod10k", *sources.TASK_LAYOUTS, "paired", "synthetic"],
                    help="cod10k: a COD10K-v3 or COD release folder (layout detected); istd, sbu (shadows), "
                         "kvasir, cvc (polyps): the dataset's released folder; paired: any image/mask folder "
                         "pair matched by file stem; synthetic: generated scenes (--kind)")
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num-test", type=int, default=64, help="test scenes (default 64)")
     g.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
     g.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    g.add_argument("--kind", choices=["camouflage", "shadow", "polyp"], default="camouflage",
+    g.add_argument("--kind", choices=sorted(SCENES), default="camouflage",
                    help="scenes: camouflage (default), shadow or polyp")
     g = p.add_argument_group("output")
     g.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB, help=f"target shard size in MB (default {DEFAULT_SHARD_MB:g})")
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--summary-json", help="also write the summary (with every skipped file) to this local file")
     args = p.parse_args(argv)
-    if args.source in ("cod10k", "istd", "sbu", "kvasir", "cvc") and not args.input:
+    if (args.source == "cod10k" or args.source in sources.TASK_LAYOUTS) and not args.input:
         p.error(f"--source {args.source} needs --input DIR")
     if not 0 <= args.test_percent <= 100:
         p.error("--test-percent must be in [0, 100]")

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .. import storage
+from ..data.synthetic import SCENES
 from ..data.transforms import RESIZE_MODES
 from ..constants import ATTENTION_IMPLS
 from ..modeling.arch import ARCHS, arch_config
@@ -55,9 +56,6 @@ class ModelConfig:
         return arch_config(self.arch, **self.overrides).img_size
 
 
-SYNTHETIC_KINDS = ("camouflage", "shadow", "polyp")
-
-
 @dataclass
 class DataConfig:
     # Dataset URI written by jobs/prepare_data.py; None: the embedded synthetic dataset,
@@ -81,16 +79,15 @@ class DataConfig:
             raise ConfigError(f"data.resize_mode {self.resize_mode!r}: choose one of {list(RESIZE_MODES)}")
         if self.train_split == self.val_split:
             raise ConfigError("data.train_split and data.val_split are the same split; validate on held-out data")
-        if self.synthetic_kind is not None and self.synthetic_kind not in SYNTHETIC_KINDS:
-            raise ConfigError(f"data.synthetic_kind {self.synthetic_kind!r}: choose one of {list(SYNTHETIC_KINDS)}")
+        if self.synthetic_kind is not None and self.synthetic_kind not in SCENES:
+            raise ConfigError(f"data.synthetic_kind {self.synthetic_kind!r}: choose one of {sorted(SCENES)}")
 
     def dataset_uri(self, kind: str = "camouflage") -> str:
         """The dataset to train on: ``dataset``, or the embedded synthetic scenes of ``kind``
-        (``synthetic_kind`` when set) in the cache."""
+        in the cache."""
         if self.dataset:
             return self.dataset
         cache = self.cache_dir or storage.cache_dir()
-        kind = self.synthetic_kind or kind
         prefix = "synthetic" if kind == "camouflage" else f"synthetic-{kind}"
         return os.path.join(
             cache,
@@ -236,8 +233,14 @@ class TrainConfig:
         """The loss to train with: ``optim.loss``, or the task's default for ``auto``."""
         return self.task_spec.loss if self.optim.loss == "auto" else self.optim.loss
 
+    @property
+    def synthetic_kind(self) -> str:
+        """The embedded scenes this recipe trains on without a dataset: ``data.synthetic_kind``
+        or the task's."""
+        return self.data.synthetic_kind or self.task_spec.synthetic
+
     def dataset_uri(self) -> str:
-        return self.data.dataset_uri(self.task_spec.synthetic)
+        return self.data.dataset_uri(self.synthetic_kind)
 
     # ----------------------------------------------------------- conversions
     def to_dict(self) -> Dict[str, Any]:

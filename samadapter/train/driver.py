@@ -45,9 +45,8 @@ def ensure_embedded_dataset(cfg: TrainConfig, progress: bool = True) -> str:
     from ..data.sources import synthetic_listing
 
     log.info("generating the embedded synthetic dataset into %s (once)", uri)
-    kind = cfg.data.synthetic_kind or cfg.task_spec.synthetic
     listing = synthetic_listing(cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_size,
-                                cfg.data.synthetic_seed, kind=kind)
+                                cfg.data.synthetic_seed, kind=cfg.synthetic_kind)
     prepare_dataset(listing, uri, overwrite=True, progress=progress)
     return uri
 

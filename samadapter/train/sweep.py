@@ -157,7 +157,7 @@ def trial_run_name(params: Dict[str, Any], suffix: str = "") -> str:
     return slug + (f"-{suffix}" if suffix else "")
 
 
-def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:  # noqa: C901
+def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:
     """One Tune trial: the base recipe with ``params``, trained with Ray Train under the
     sweep; Train's reports reach Tune as they happen, then the best validation."""
     import ray.tune
