@@ -209,7 +209,7 @@ def run_validation(w: Worker, shard) -> dict:
 
 
 def describe_scores(task, scores: dict) -> str:
-    """``S 0.830  E 0.873 ...``: the task's metrics in one log line."""
+    """``S-alpha 0.830  mean E-phi 0.873 ...``: the task's metrics in one log line."""
     from ..metrics import METRIC_TITLES
 
     return "  ".join(f"{METRIC_TITLES.get(m, m)} {scores[m]:.3f}" for m in task.names)
