@@ -39,6 +39,19 @@ def test_grid_parsing_and_validation(tmp_path):
         SweepSpec.from_file(str(sweep))
 
 
+def test_param_space_for_grid_and_random_search():
+    from ray.tune.search.sample import Categorical, Float
+
+    from samadapter.train.sweep import param_space
+
+    grid = param_space(SweepSpec(grid={"optim.lr": [1e-3, 2e-3], "optim.weight_decay": {"loguniform": [1e-4, 1e-2]}}))
+    assert grid["optim.lr"] == {"grid_search": [1e-3, 2e-3]}
+    assert isinstance(grid["optim.weight_decay"], Float)
+    assert (grid["optim.weight_decay"].lower, grid["optim.weight_decay"].upper) == (1e-4, 1e-2)
+    random = param_space(SweepSpec(grid={"optim.lr": [1e-3, 2e-3]}, search="random", num_samples=4))
+    assert isinstance(random["optim.lr"], Categorical) and random["optim.lr"].categories == [1e-3, 2e-3]
+
+
 def test_the_embedded_sweep_file_and_run_names():
     spec = SweepSpec.from_file(os.path.join(ROOT, "configs", "sweeps/knowledge-tiny.yaml"))
     assert spec.sweep_name() == "knowledge-ablation-tiny"
