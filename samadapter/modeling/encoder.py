@@ -51,8 +51,11 @@ class AdaptedImageEncoder(ImageEncoderViT):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """B x 3 x S x S normalized images -> B x out_chans x S/16 x S/16 embeddings."""
-        x = self.patch_embed(images)  # B x H x W x C
+        x = self.patch_embed(images)  # B x H x W x C, a permuted view of the conv's output
         features = self.prompt_generator.task_features(images, x)
+        # The trunk in row-major order: adding to the permuted view would keep its layout
+        # through every block, and each layer norm would copy its input, forward and backward.
+        x = x.contiguous()
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for i, block in enumerate(self.blocks):
@@ -61,7 +64,7 @@ class AdaptedImageEncoder(ImageEncoderViT):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        return self.neck(x.permute(0, 3, 1, 2).contiguous())  # NCHW, the layout the neck always had
 
     @property
     def embedding_size(self) -> Tuple[int, int]:
