@@ -302,12 +302,13 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
         build_model(arch, img_size=img_size).save_adapter(adapter)
 
         threads = int(SegmentConfig.cpus_per_actor)
-        bare = [bare_loop_process(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size, threads=threads)
-                for i in range(warmup + repeats)][warmup:]
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
-        piped, steady, startup = [], [], []
+        # Loop and job take turns, so that a machine that slows down or speeds up over
+        # minutes (a shared VM does) weighs on both alike.
+        bare, piped, steady, startup = [], [], [], []
         for i in range(warmup + repeats):
+            bare.append(bare_loop_process(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size, threads=threads))
             cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter, ledger_rows_per_file=64,
                                 batch_size=batch_size, max_actors=max_actors)
             summary = run_segmentation(cfg, progress=False)
@@ -316,7 +317,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
             piped.append(summary.seconds)
             steady.append(summary.steady_images_per_s or 0.0)
             startup.append(summary.first_output_s or 0.0)
-        piped, steady, startup = piped[warmup:], steady[warmup:], startup[warmup:]
+        bare, piped, steady, startup = bare[warmup:], piped[warmup:], steady[warmup:], startup[warmup:]
     bare_total = statistics.median(b["total_s"] for b in bare)
     bare_loop_s = statistics.median(b["loop_s"] for b in bare)
     bare_ips, warm_ips = images / bare_total, images / bare_loop_s
@@ -329,5 +330,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
         # after the first results: actors up, models loaded
         "pipeline_startup_s": statistics.median(startup), "steady_images_per_s": statistics.median(steady),
         "steady_ratio": statistics.median(steady) / warm_ips,
+        # each turn's ratio: the spread the median hides
+        "ratio_each": [b["total_s"] / p for b, p in zip(bare, piped)],
         "bare_s": [b["total_s"] for b in bare], "bare_loop_s": [b["loop_s"] for b in bare], "pipeline_s": piped,
     }
