@@ -42,7 +42,8 @@ def test_fast_attention_equals_original(tokens, window):
         assert torch.allclose(blk(x), fast(x), atol=1e-4, rtol=1e-4), (blk(x) - fast(x)).abs().max()
 
 
-def test_fast_attention_gradients_match():
+def test_fast_attention_gradients_match(monkeypatch):
+    monkeypatch.setattr(SdpaAttention, "sdpa_for_cpu_autograd", True)  # SDPA's backward, as on CUDA
     blk = _block(32, 2, 0, (6, 6), seed=3)
     fast = copy.deepcopy(blk)
     set_attention(fast, "fast")
@@ -52,6 +53,28 @@ def test_fast_attention_gradients_match():
     fast(x2).square().sum().backward()
     assert torch.allclose(x.grad, x2.grad, atol=1e-4)
     assert torch.allclose(blk.attn.rel_pos_h.grad, fast.attn.rel_pos_h.grad, atol=1e-4)
+
+
+def test_fast_attention_takes_sams_matmuls_for_cpu_autograd(monkeypatch):
+    """On CPU, SDPA only where autograd does not record the pass; the same values either way."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    fast = _block(32, 2, 0, (6, 6), seed=5).requires_grad_(False)  # frozen, as the adapter's encoder
+    set_attention(fast, "fast")
+    x = torch.randn(1, 6, 6, 32)
+    with torch.no_grad():
+        expected = fast(x)
+    y = fast(x)  # grad enabled, nothing to differentiate: the fused kernel
+    assert len(calls) == 2 and torch.equal(y, expected)
+    xg = x.clone().requires_grad_(True)
+    y = fast(xg)  # training: the input needs a gradient (the prompts come before the blocks)
+    assert len(calls) == 2 and torch.allclose(y, expected, atol=1e-4)
+    y.square().sum().backward()
+    assert xg.grad is not None
+    fast.attn.rel_pos_h.requires_grad_(True)  # the block's own weights train
+    fast(x).sum().backward()
+    assert len(calls) == 2 and fast.attn.rel_pos_h.grad is not None
 
 
 def test_whole_model_same_outputs_and_keys():
