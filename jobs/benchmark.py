@@ -2,6 +2,7 @@
 
     python jobs/benchmark.py model --arch vit_b --img-size 1024 --batch-sizes 1 --attention original fast
     python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
+    python jobs/benchmark.py vs-reference --reference ~/src/SAM-Adapter-PyTorch --arch vit_b --img-size 1024
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
     python jobs/benchmark.py stages --megapixels 1.2,4.3,12
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
@@ -17,7 +18,9 @@ and torch threads (those of one model actor): `ratio`. It also reports the job a
 the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
 its first results against the loop alone (`steady_ratio`). `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
-size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage of
+size: seconds and the driver's peak RSS. `vs-reference` times the image encoder's
+training pass (forward + backward, adapter parameters trainable) of ours against the
+reference implementation's, imported from a checkout you give; fresh processes take turns. `stages` gives CPU ms per image of each CPU stage of
 the segment job and the bytes between stages, by photo size (one core).
 
 Prints a table with the machine's description and writes JSON.
@@ -51,6 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = sub.add_parser("train-step", parents=[common], help="one training step with and without activation checkpointing")
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--attention", default="auto", choices=["auto", "original", "fast"])
+
+    r = sub.add_parser("vs-reference", parents=[common],
+                       help="encoder forward+backward seconds of ours against the reference implementation's (SAM-Adapter-PyTorch)")
+    r.add_argument("--reference", required=True,
+                   help="a checkout of SAM-Adapter-PyTorch (or its models/mmseg/models/sam/image_encoder.py)")
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--attention", nargs="+", default=["original", "fast"], choices=["original", "fast"])
+    r.add_argument("--rounds", type=int, default=3, help="rounds in which every implementation runs once (default 3)")
 
     q = sub.add_parser("pipeline", parents=[common], help="segment job images/s divided by a bare single-process loop")
     q.add_argument("--images", type=int, default=64)
@@ -109,6 +120,17 @@ def main(argv=None) -> int:
         rows = B.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
+    elif args.mode == "vs-reference":
+        from samadapter.cli import guarded
+        from samadapter.reference_benchmark import bench_vs_reference
+
+        rows, status = guarded(lambda: bench_vs_reference(
+            args.reference, args.arch, img_size, args.batch_size, args.attention, rounds=args.rounds,
+            warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3), (FileNotFoundError, ImportError))
+        if status is not None:
+            return status
+        cols = ["arch", "img_size", "batch", "device", "impl", "trainable_params", "median_s", "min_s", "max_s",
+                "peak_mem_gib", "vs_reference"]
     elif args.mode == "stages":
         import torch
 

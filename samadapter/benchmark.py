@@ -86,7 +86,7 @@ def time_median(fn: Callable[[], object], device: torch.device, warmup: int, rep
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats, "times_s": times}
 
 
 def _rss_bytes() -> int:

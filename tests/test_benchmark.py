@@ -46,6 +46,51 @@ def test_model_and_train_step_modes_on_tiny(tmp_path):
     assert [r["checkpointing"] for r in data["results"]] == [False, True]
 
 
+# A stand-in for the reference's image_encoder.py: its constructor, a relative import of
+# `.common` (the checkout has no common.py beside it: segment_anything's serves), frozen
+# weights and trainable "prompt" parameters.
+FAKE_REFERENCE = """
+from torch import nn
+from .common import LayerNorm2d
+
+
+class ImageEncoderViT(nn.Module):
+    def __init__(self, img_size=1024, patch_size=16, embed_dim=768, out_chans=256, **kwargs):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, embed_dim, patch_size, patch_size)
+        self.prompt_generator = nn.Linear(embed_dim, embed_dim)
+        self.neck = nn.Sequential(nn.Conv2d(embed_dim, out_chans, 1), LayerNorm2d(out_chans))
+
+    def forward(self, x):
+        t = self.patch_embed(x).permute(0, 2, 3, 1)
+        t = t + self.prompt_generator(t)
+        return self.neck(t.permute(0, 3, 1, 2))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
+    from samadapter.modeling.arch import arch_config
+    from samadapter.reference_benchmark import REFERENCE_FILE
+
+    checkout = tmp_path / "SAM-Adapter-PyTorch"
+    (checkout / REFERENCE_FILE).parent.mkdir(parents=True)
+    (checkout / REFERENCE_FILE).write_text(FAKE_REFERENCE)
+    data = _run(tmp_path, "vs-reference", "--reference", str(checkout), "--arch", "tiny", "--img-size", "64",
+                "--attention", "fast", "--rounds", "2", "--warmup", "0", "--repeats", "1")
+    ref, ours = data["results"]
+    assert (ref["impl"], ours["impl"]) == ("reference", "fast")
+    d = arch_config("tiny").embed_dim
+    assert ref["trainable_params"] == d * d + d  # only its prompt parameters train
+    assert ours["trainable_params"] > 0 and ref["vs_reference"] == 1.0
+    assert ours["vs_reference"] == pytest.approx(ours["median_s"] / ref["median_s"])
+    assert len(ref["round_medians_s"]) == len(ours["round_medians_s"]) == 2  # the two took turns, twice
+
+    r = subprocess.run([sys.executable, BENCH, "vs-reference", "--reference", str(tmp_path / "nothing"), "--arch", "tiny"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: no reference image encoder at") and "Traceback" not in r.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_plan_mode(tmp_path):
