@@ -18,10 +18,11 @@ and torch threads (those of one model actor): `ratio`. It also reports the job a
 the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
 its first results against the loop alone (`steady_ratio`). `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
-size: seconds and the driver's peak RSS. `vs-reference` times the image encoder's
-training pass (forward + backward, adapter parameters trainable) of ours against the
-reference implementation's, imported from a checkout you give; fresh processes take turns. `stages` gives CPU ms per image of each CPU stage of
-the segment job and the bytes between stages, by photo size (one core).
+size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage
+of the segment job and the bytes between stages, by photo size (one core). `vs-reference`
+times the image encoder's training pass (forward + backward, adapter parameters trainable)
+of ours against the reference implementation's, imported from a checkout you give; fresh
+processes take turns.
 
 Prints a table with the machine's description and writes JSON.
 """

@@ -89,6 +89,18 @@ def time_median(fn: Callable[[], object], device: torch.device, warmup: int, rep
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats, "times_s": times}
 
 
+def time_with_peak_memory(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Dict[str, float]:
+    """:func:`time_median` plus ``peak_mem_gib``: on GPU the peak allocated memory, on CPU the
+    growth of the process's peak resident set over its size before the first run (in a
+    fresh process per configuration, so that configurations do not see each other's peaks)."""
+    base = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time_median(fn, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
+    return {**t, "peak_mem_gib": peak / 2**30}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -134,11 +146,7 @@ def _model_case(arch: str, img_size: int, batch: int, attention: str, dtype: str
         step()
     flops = counter.get_total_flops()
     set_attention(model, attention)
-    base = _rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time_median(step, device, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
+    t = time_with_peak_memory(step, device, warmup, repeats)
     ips = batch / t["median_s"]
     tflops = flops / t["median_s"] / 1e12
     peak_dev = device_peak_tflops(dtype)
@@ -146,7 +154,6 @@ def _model_case(arch: str, img_size: int, batch: int, attention: str, dtype: str
         "mode": "model", "arch": arch, "img_size": img_size, "batch": batch, "attention": attention, "dtype": dtype,
         "device": device.type, **t, "images_per_s": ips, "gflop_per_image": flops / batch / 1e9,
         "tflops": tflops, "fraction_of_peak": (tflops / peak_dev) if peak_dev else None,
-        "peak_mem_gib": peak / 2**30,
     }
 
 
@@ -183,13 +190,9 @@ def _train_case(arch: str, img_size: int, batch: int, checkpointing: bool, atten
             logits = model(x)
         segmentation_loss(logits, y).backward()
 
-    base = _rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time_median(step, device, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
+    t = time_with_peak_memory(step, device, warmup, repeats)
     return {"mode": "train-step", "arch": arch, "img_size": img_size, "batch": batch, "checkpointing": checkpointing,
-            "attention": attention, "device": device.type, **t, "peak_mem_gib": peak / 2**30}
+            "attention": attention, "device": device.type, **t}
 
 
 def bench_train_step(arch: str, img_size: int, batch: int, attention: str = "auto", warmup: int = 1, repeats: int = 3) -> List[dict]:

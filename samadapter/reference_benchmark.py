@@ -91,7 +91,7 @@ def _encoder_case(impl: str, arch: str, img_size: int, batch: int, warmup: int, 
                   reference: str) -> dict:
     import torch
 
-    from .benchmark import _device, _peak_rss_bytes, _rss_bytes, time_median
+    from .benchmark import _device, time_with_peak_memory
 
     torch.set_num_threads(threads)
     device = _device()
@@ -103,12 +103,7 @@ def _encoder_case(impl: str, arch: str, img_size: int, batch: int, warmup: int, 
         encoder.zero_grad(set_to_none=True)
         encoder(x).float().square().mean().backward()
 
-    base = _rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time_median(step, device, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(0, _peak_rss_bytes() - base)
-    return {"impl": impl, "trainable_params": trainable, "peak_mem_gib": peak / 2**30, **t}
+    return {"impl": impl, "trainable_params": trainable, **time_with_peak_memory(step, device, warmup, repeats)}
 
 
 def bench_vs_reference(reference: str, arch: str, img_size: int, batch: int, attentions: Sequence[str],

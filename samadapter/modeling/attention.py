@@ -28,8 +28,9 @@ class SdpaAttention(Attention):
     takes segment_anything's explicit matmuls instead: there the relative-position bias needs
     a gradient, for which CPU has no fused kernel, and SDPA's unfused path materialises the
     bias and a masked softmax besides the scores. A global block of vit_b at 1024 (forward +
-    backward, 2 threads) costs 4.6 s that way against 3.9 s, while without autograd the
-    fused kernel is the faster one (1.3 s against 1.8 s). CUDA keeps SDPA for both: its
+    backward, 2 threads, the two paths alternating in one process) costs 4.6 s that way
+    against 3.9 s, while without autograd the fused kernel is the faster one (1.3 s
+    against 1.8 s). CUDA keeps SDPA for both: its
     memory-efficient kernel computes the bias's gradient without the score matrix.
     """
 
