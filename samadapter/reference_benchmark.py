@@ -43,8 +43,6 @@ def load_reference_encoder_class(reference: str) -> type:
     """``ImageEncoderViT`` of the reference, imported from its file without its repository's
     package ``__init__`` files (they import mmcv)."""
     path = reference_encoder_file(reference)
-    if _PACKAGE + ".image_encoder" in sys.modules:
-        return sys.modules[_PACKAGE + ".image_encoder"].ImageEncoderViT
     package = types.ModuleType(_PACKAGE)
     package.__path__ = [os.path.dirname(os.path.abspath(path))]
     sys.modules[_PACKAGE] = package
