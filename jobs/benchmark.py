@@ -14,9 +14,11 @@ its own. `pipeline` divides the segment job's images/s (Ray Data on a started Ra
 the actors' start-up and model loading included) by that of a bare single-process
 program doing the same work with the job's stage functions but no Ray (import, load the
 model, then read, decode, resize, model, resize back, threshold, PNG, write) on the same images with the same model, batch size
-and torch threads (those of one model actor): `ratio`. It also reports the job against
-the loop alone, model already loaded (`ratio_vs_warm_loop`), and the job's rate after
-its first results against the loop alone (`steady_ratio`). `plan` runs the segment job's
+and torch threads (those of one model actor): `ratio`. Loop and job take turns; the
+median ratio is reported with the lowest and highest turn's. Where the time goes, the
+same measure for both (the masks' file times): start-up until the first mask (the job's
+includes its planning) and masks/s from the first mask to the last (`steady_ratio`:
+the job's over the loop's). `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
 size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage
 of the segment job and the bytes between stages, by photo size (one core). `vs-reference`
@@ -159,9 +161,9 @@ def main(argv=None) -> int:
         rows = [B.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
                                  max_actors=args.max_actors)]
-        cols = ["arch", "img_size", "images", "batch", "device", "model_threads", "bare_images_per_s", "pipeline_images_per_s", "ratio",
-                "bare_startup_s", "pipeline_startup_s", "warm_loop_images_per_s", "ratio_vs_warm_loop",
-                "steady_images_per_s", "steady_ratio"]
+        cols = ["arch", "images", "batch", "model_threads", "turns", "bare_images_per_s", "pipeline_images_per_s", "ratio",
+                "ratio_min", "ratio_max", "bare_first_mask_s", "pipeline_planning_s", "pipeline_first_mask_s",
+                "bare_masks_per_s", "pipeline_masks_per_s", "steady_ratio"]
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v is not None))
     print(_table(rows, cols))
     out = args.json or f"benchmark-{args.mode}.json"

@@ -257,17 +257,17 @@ def bare_loop(folder: str, output: str, adapter: str, batch_size: int, attention
 # (so imports and model loading count, as they do for the job's actors) to the last write.
 _BARE_PROGRAM = """
 import json, sys, time
-t0 = time.perf_counter()
+t0, started_at = time.perf_counter(), time.time()
 from samadapter.benchmark import bare_loop
 loop_s = bare_loop(**json.loads(sys.argv[1]))
-print("BARE " + json.dumps({"total_s": time.perf_counter() - t0, "loop_s": loop_s}))
+print("BARE " + json.dumps({"total_s": time.perf_counter() - t0, "loop_s": loop_s, "started_at": started_at}))
 """
 
 
 def bare_loop_process(folder: str, output: str, adapter: str, batch_size: int, attention: str = "auto", threads: int = 1) -> Dict[str, float]:
     """Run :func:`bare_loop` in a fresh Python process. Returns ``total_s`` (imports, model
-    load and loop: what the program costs from start to finish) and ``loop_s`` (the loop
-    alone, model already loaded)."""
+    load and loop: what the program costs from start to finish), ``loop_s`` (the loop
+    alone, model already loaded) and ``started_at`` (its wall clock at the start)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     kwargs = dict(folder=folder, output=output, adapter=adapter, batch_size=batch_size, attention=attention, threads=threads)
@@ -278,19 +278,39 @@ def bare_loop_process(folder: str, output: str, adapter: str, batch_size: int, a
     return json.loads(lines[-1][5:])
 
 
+def mask_times(output: str, started_at: float) -> Dict[str, float]:
+    """When a run's masks were written, from their files' modification times: the first
+    one (``first_mask_s``, seconds after ``started_at``: start-up, and for the job its
+    planning, until the first image is through every stage) and the rate from the first
+    to the last (``masks_per_s``: the run once it is up). The same measure for the loop
+    and the job."""
+    times = sorted(os.stat(os.path.join(root, name)).st_mtime for root, _, files in os.walk(os.path.join(output, "masks"))
+                   for name in files if name.endswith(".png"))
+    if not times:
+        raise RuntimeError(f"no masks under {output}")
+    span = times[-1] - times[0]
+    return {"first_mask_s": times[0] - started_at, "masks_per_s": (len(times) - 1) / span if span > 0 else 0.0}
+
+
 def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch_size: int,
                    warmup: int = 1, repeats: int = 3, max_actors: int = 1) -> dict:
     """Segment job images/s over a local image set divided by the bare loop's.
 
-    Three ratios, each job images/s over loop images/s:
+    Loop and job take turns (loop, job, loop, job, ...; the first ``warmup`` turns are not
+    counted), so that a machine that slows down or speeds up over minutes (a shared VM
+    does) weighs on both alike. Figures are medians over the counted turns:
 
     - ``ratio``: both from start to finish. The loop runs as its own program (imports and
       model load included); the job runs on an already started Ray (as on a cluster),
-      its actors' process start, imports and model load included.
+      planning, its actors' process start, imports and model load included.
+      ``ratio_each``: every turn's.
     - ``ratio_vs_warm_loop``: the job end to end against the loop alone, whose model is
       already loaded: charges the job for start-up work the loop is excused from.
-    - ``steady_ratio``: the job from its first results on (actors up, models loaded)
-      against the loop alone.
+    - where the time goes, from the masks' file times (:func:`mask_times`), the same
+      measure for both: ``bare_first_mask_s`` / ``pipeline_first_mask_s`` (start-up until
+      the first mask; the job's includes ``pipeline_planning_s``) and ``bare_masks_per_s``
+      / ``pipeline_masks_per_s`` (from the first mask to the last); ``steady_ratio`` is
+      the job's rate over the loop's once both are up.
     """
     import ray
 
@@ -307,33 +327,38 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
         threads = int(SegmentConfig.cpus_per_actor)
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
-        # Loop and job take turns, so that a machine that slows down or speeds up over
-        # minutes (a shared VM does) weighs on both alike.
-        bare, piped, steady, startup = [], [], [], []
+        bare, piped = [], []
         for i in range(warmup + repeats):
-            bare.append(bare_loop_process(folder, os.path.join(tmp, f"bare{i}"), adapter, batch_size, threads=threads))
-            cfg = SegmentConfig(input=folder, output=os.path.join(tmp, f"out{i}"), checkpoint=adapter, ledger_rows_per_file=64,
+            out = os.path.join(tmp, f"bare{i}")
+            b = bare_loop_process(folder, out, adapter, batch_size, threads=threads)
+            bare.append({**b, **mask_times(out, b["started_at"])})
+            out = os.path.join(tmp, f"out{i}")
+            cfg = SegmentConfig(input=folder, output=out, checkpoint=adapter, ledger_rows_per_file=64,
                                 batch_size=batch_size, max_actors=max_actors)
             summary = run_segmentation(cfg, progress=False)
             if summary.ok != images:
                 raise RuntimeError(f"pipeline segmented {summary.ok} of {images} images")
-            piped.append(summary.seconds)
-            steady.append(summary.steady_images_per_s or 0.0)
-            startup.append(summary.first_output_s or 0.0)
-        bare, piped, steady, startup = bare[warmup:], piped[warmup:], steady[warmup:], startup[warmup:]
-    bare_total = statistics.median(b["total_s"] for b in bare)
-    bare_loop_s = statistics.median(b["loop_s"] for b in bare)
-    bare_ips, warm_ips = images / bare_total, images / bare_loop_s
-    pipe_ips = images / statistics.median(piped)
+            piped.append({"total_s": summary.seconds, "planning_s": summary.planning_s, **mask_times(out, summary.started_at)})
+        bare, piped = bare[warmup:], piped[warmup:]
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    bare_ips, warm_ips, pipe_ips = images / med(bare, "total_s"), images / med(bare, "loop_s"), images / med(piped, "total_s")
+    each = [b["total_s"] / p["total_s"] for b, p in zip(bare, piped)]
     return {
         "mode": "pipeline", "arch": arch, "img_size": img_size, "images": images, "scene_size": scene_size,
-        "batch": batch_size, "max_actors": max_actors, "device": _device().type, "model_threads": threads,
-        "bare_images_per_s": bare_ips, "bare_startup_s": bare_total - bare_loop_s, "warm_loop_images_per_s": warm_ips,
-        "pipeline_images_per_s": pipe_ips, "ratio": pipe_ips / bare_ips, "ratio_vs_warm_loop": pipe_ips / warm_ips,
-        # after the first results: actors up, models loaded
-        "pipeline_startup_s": statistics.median(startup), "steady_images_per_s": statistics.median(steady),
-        "steady_ratio": statistics.median(steady) / warm_ips,
-        # each turn's ratio: the spread the median hides
-        "ratio_each": [b["total_s"] / p for b, p in zip(bare, piped)],
-        "bare_s": [b["total_s"] for b in bare], "bare_loop_s": [b["loop_s"] for b in bare], "pipeline_s": piped,
+        "batch": batch_size, "max_actors": max_actors, "device": _device().type, "model_threads": threads, "turns": repeats,
+        "bare_images_per_s": bare_ips, "pipeline_images_per_s": pipe_ips, "ratio": pipe_ips / bare_ips,
+        "ratio_min": min(each), "ratio_max": max(each),
+        "bare_startup_s": med(bare, "total_s") - med(bare, "loop_s"), "warm_loop_images_per_s": warm_ips,
+        "ratio_vs_warm_loop": pipe_ips / warm_ips,
+        "bare_first_mask_s": med(bare, "first_mask_s"), "pipeline_planning_s": med(piped, "planning_s"),
+        "pipeline_first_mask_s": med(piped, "first_mask_s"),
+        "bare_masks_per_s": med(bare, "masks_per_s"), "pipeline_masks_per_s": med(piped, "masks_per_s"),
+        "steady_ratio": med(piped, "masks_per_s") / med(bare, "masks_per_s"),
+        # each turn: the spread the medians hide
+        "ratio_each": each, "bare_s": [b["total_s"] for b in bare], "bare_loop_s": [b["loop_s"] for b in bare],
+        "pipeline_s": [p["total_s"] for p in piped],
+        "bare_first_mask_each_s": [b["first_mask_s"] for b in bare], "pipeline_first_mask_each_s": [p["first_mask_s"] for p in piped],
     }

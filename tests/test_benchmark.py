@@ -33,7 +33,30 @@ def test_pipeline_mode_on_tiny(tmp_path):
     # the loop's own program pays imports and model load; its loop alone is faster
     assert row["bare_startup_s"] > 0 and row["warm_loop_images_per_s"] > row["bare_images_per_s"]
     assert row["ratio_vs_warm_loop"] < row["ratio"]
+    # where the time goes, from the masks' file times: the first mask comes after the
+    # start-up (the job's after its planning) and before the end
+    assert 0 < row["bare_first_mask_s"] < row["bare_s"][0]
+    assert 0 < row["pipeline_planning_s"] < row["pipeline_first_mask_s"] < row["pipeline_s"][0]
+    assert row["bare_masks_per_s"] > 0 and row["pipeline_masks_per_s"] > 0
+    assert row["ratio_min"] == row["ratio_max"] == row["ratio_each"][0]
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["cpu_count"] == os.cpu_count()
+
+
+def test_mask_times_from_the_masks_files(tmp_path):
+    from samadapter.benchmark import mask_times
+
+    # five masks written 1.5 s, 2, 2.5, 3 and 3.5 s after the start, one in a sub-folder;
+    # files that are not masks do not count
+    (tmp_path / "masks" / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "sub/b.png", "c.png", "d.png", "e.png"]):
+        (tmp_path / "masks" / name).write_bytes(b"x")
+        os.utime(tmp_path / "masks" / name, (1000.0 + 1.5 + 0.5 * i,) * 2)
+    (tmp_path / "masks" / "notes.txt").write_text("x")
+    os.utime(tmp_path / "masks" / "notes.txt", (1100.0, 1100.0))
+    got = mask_times(str(tmp_path), started_at=1000.0)
+    assert got["first_mask_s"] == pytest.approx(1.5) and got["masks_per_s"] == pytest.approx(4 / 2.0)
+    with pytest.raises(RuntimeError, match="no masks"):
+        mask_times(str(tmp_path / "nothing"), 0.0)
 
 
 @pytest.mark.timeout(300)

@@ -110,6 +110,8 @@ class SegmentSummary:
     plan: Dict[str, int] = field(default_factory=dict)  # the dry run's breakdown
     first_output_s: Optional[float] = None  # when the first ledger file was written
     first_output_rows: int = 0
+    started_at: float = 0.0  # wall clock (time.time()) when planning began; ``seconds`` count from here
+    planning_s: float = 0.0  # listing + anti-join with the ledger
 
     @property
     def processed(self) -> int:
@@ -166,11 +168,12 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     ray.data.DataContext.get_current().enable_progress_bars = progress
 
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     modes = plan.Modes(force=cfg.force, backfill=cfg.backfill, retry_failed=cfg.retry_failed)
     night = plan.plan_night(cfg.input, cfg.input_list, cfg.input_root, cfg.input_format, cfg.split, cfg.output, fingerprint, modes)
-    summary = SegmentSummary(run_id, fingerprint, night.listed, night.todo, output=cfg.output, checkpoint=adapter_uri)
-    log.info("planned in %.1f s: %d inputs listed, %d to do", time.perf_counter() - t0, night.listed, night.todo)
+    summary = SegmentSummary(run_id, fingerprint, night.listed, night.todo, output=cfg.output, checkpoint=adapter_uri,
+                             started_at=started_at, planning_s=time.perf_counter() - t0)
+    log.info("planned in %.1f s: %d inputs listed, %d to do", summary.planning_s, night.listed, night.todo)
     if cfg.dry_run:
         summary.plan = plan.breakdown(night, cfg.output, fingerprint)
         summary.seconds = time.perf_counter() - t0
@@ -262,7 +265,8 @@ def summary_lines(s: SegmentSummary) -> List[str]:
         width = max(len(k) for k in s.plan)
         lines += ["", "| plan | inputs |", "|---|---:|"] + [f"| {k:<{width}} | {v} |" for k, v in s.plan.items()]
         return lines
-    lines += [f"inputs listed        {s.listed}", f"already done         {s.listed - s.todo}", f"to do tonight        {s.todo}"]
+    lines += [f"inputs listed        {s.listed}", f"already done         {s.listed - s.todo}", f"to do tonight        {s.todo}",
+              f"planned in           {s.planning_s:.1f} s"]
     if s.actors:
         lines.append(f"model actors         {s.actors}")
     if s.todo:
