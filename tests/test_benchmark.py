@@ -45,16 +45,17 @@ def test_pipeline_mode_on_tiny(tmp_path):
 def test_mask_times_from_the_masks_files(tmp_path):
     from samadapter.benchmark import mask_times
 
-    # five masks written 1.5 s, 2, 2.5, 3 and 3.5 s after the start, one in a sub-folder;
-    # files that are not masks do not count
+    # six masks: a burst of three 1.5 s after the start (a block through the model at
+    # once; one in a sub-folder), then one a second; files that are not masks do not count
     (tmp_path / "masks" / "sub").mkdir(parents=True)
-    for i, name in enumerate(["a.png", "sub/b.png", "c.png", "d.png", "e.png"]):
+    for name, t in [("a.png", 1.5), ("sub/b.png", 1.5), ("c.png", 1.5), ("d.png", 3.0), ("e.png", 4.0), ("f.png", 5.0)]:
         (tmp_path / "masks" / name).write_bytes(b"x")
-        os.utime(tmp_path / "masks" / name, (1000.0 + 1.5 + 0.5 * i,) * 2)
+        os.utime(tmp_path / "masks" / name, (1000.0 + t,) * 2)
     (tmp_path / "masks" / "notes.txt").write_text("x")
     os.utime(tmp_path / "masks" / "notes.txt", (1100.0, 1100.0))
     got = mask_times(str(tmp_path), started_at=1000.0)
-    assert got["first_mask_s"] == pytest.approx(1.5) and got["masks_per_s"] == pytest.approx(4 / 2.0)
+    # the rate over the second half (one a second), not 5 masks in 3.5 s from the burst on
+    assert got["first_mask_s"] == pytest.approx(1.5) and got["masks_per_s"] == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="no masks"):
         mask_times(str(tmp_path / "nothing"), 0.0)
 
