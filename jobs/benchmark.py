@@ -17,7 +17,7 @@ model, then read, decode, resize, model, resize back, threshold, PNG, write) on 
 and torch threads (those of one model actor): `ratio`. Loop and job take turns; the
 median ratio is reported with the lowest and highest turn's. Where the time goes, the
 same measure for both (the masks' file times): start-up until the first mask (the job's
-includes its planning) and masks/s over the second half of the masks (`steady_ratio`:
+includes its planning) and masks/s (the slope of masks written against time) (`steady_ratio`:
 the job's over the loop's). `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
 size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage

@@ -284,19 +284,19 @@ def mask_times(output: str, started_at: float) -> Dict[str, float]:
 
     - ``first_mask_s``: seconds after ``started_at`` until the first mask (start-up; for
       the job also its planning and its first block of rows through every stage);
-    - ``masks_per_s``: the rate over the second half of the masks (from the moment half
-      of them were written to the last), the run once it is up. Not from the first mask:
-      the job's masks come in bursts of a block (its first mask is written after a whole
-      block went through the model), which would credit it the first block's images
-      for free.
+    - ``masks_per_s``: the slope of masks written against time (least squares over every
+      mask): the run's rate once it is up. The job writes its masks in bursts of a block
+      (a block goes through the model whole), so a rate from the first mask, or from any
+      one mask, to the last depends on where that mask falls in its burst; the slope of
+      the staircase does not.
     """
-    times = sorted(os.stat(os.path.join(root, name)).st_mtime for root, _, files in os.walk(os.path.join(output, "masks"))
-                   for name in files if name.endswith(".png"))
-    if not times:
+    times = np.sort(np.array([os.stat(os.path.join(root, name)).st_mtime
+                              for root, _, files in os.walk(os.path.join(output, "masks"))
+                              for name in files if name.endswith(".png")], dtype=np.float64))
+    if not len(times):
         raise RuntimeError(f"no masks under {output}")
-    half = len(times) // 2
-    span = times[-1] - times[half]
-    return {"first_mask_s": times[0] - started_at, "masks_per_s": (len(times) - 1 - half) / span if span > 0 else 0.0}
+    rate = float(np.polyfit(times - times[0], np.arange(len(times)), 1)[0]) if times[-1] > times[0] else 0.0
+    return {"first_mask_s": float(times[0] - started_at), "masks_per_s": rate}
 
 
 def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch_size: int,
@@ -316,7 +316,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
     - where the time goes, from the masks' file times (:func:`mask_times`), the same
       measure for both: ``bare_first_mask_s`` / ``pipeline_first_mask_s`` (start-up until
       the first mask; the job's includes ``pipeline_planning_s``) and ``bare_masks_per_s``
-      / ``pipeline_masks_per_s`` (over the second half of the masks); ``steady_ratio`` is
+      / ``pipeline_masks_per_s`` (slope of masks against time); ``steady_ratio`` is
       the job's rate over the loop's once both are up.
     """
     import ray

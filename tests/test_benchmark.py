@@ -45,17 +45,20 @@ def test_pipeline_mode_on_tiny(tmp_path):
 def test_mask_times_from_the_masks_files(tmp_path):
     from samadapter.benchmark import mask_times
 
-    # six masks: a burst of three 1.5 s after the start (a block through the model at
-    # once; one in a sub-folder), then one a second; files that are not masks do not count
+    # masks in bursts of three, one burst every 1.5 s, the first 2 s after the start (a
+    # block through the model at once); one in a sub-folder; files that are not masks do
+    # not count
     (tmp_path / "masks" / "sub").mkdir(parents=True)
-    for name, t in [("a.png", 1.5), ("sub/b.png", 1.5), ("c.png", 1.5), ("d.png", 3.0), ("e.png", 4.0), ("f.png", 5.0)]:
+    for i in range(9):
+        name = ("sub/" if i == 4 else "") + f"m{i}.png"
         (tmp_path / "masks" / name).write_bytes(b"x")
-        os.utime(tmp_path / "masks" / name, (1000.0 + t,) * 2)
+        t = 1000.0 + 2.0 + 1.5 * (i // 3) + 0.01 * (i % 3)
+        os.utime(tmp_path / "masks" / name, (t, t))
     (tmp_path / "masks" / "notes.txt").write_text("x")
     os.utime(tmp_path / "masks" / "notes.txt", (1100.0, 1100.0))
     got = mask_times(str(tmp_path), started_at=1000.0)
-    # the rate over the second half (one a second), not 5 masks in 3.5 s from the burst on
-    assert got["first_mask_s"] == pytest.approx(1.5) and got["masks_per_s"] == pytest.approx(1.0)
+    # three masks every 1.5 s: 2 a second (not 8 masks in 3.02 s from the first to the last)
+    assert got["first_mask_s"] == pytest.approx(2.0) and got["masks_per_s"] == pytest.approx(2.0, rel=0.03)
     with pytest.raises(RuntimeError, match="no masks"):
         mask_times(str(tmp_path / "nothing"), 0.0)
 
