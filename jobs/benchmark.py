@@ -15,10 +15,10 @@ the actors' start-up and model loading included) by that of a bare single-proces
 program doing the same work with the job's stage functions but no Ray (import, load the
 model, then read, decode, resize, model, resize back, threshold, PNG, write) on the same images with the same model, batch size
 and torch threads (those of one model actor): `ratio`. Loop and job take turns; the
-median ratio is reported with the lowest and highest turn's. Where the time goes, the
-same measure for both (the masks' file times): start-up until the first mask (the job's
-includes its planning) and masks/s (the slope of masks written against time) (`steady_ratio`:
-the job's over the loop's). `plan` runs the segment job's
+ratio of their median times is reported with the lowest and highest turn's. Where the
+time goes, the same measure for both (the masks' file times): start-up until the first
+mask (the job's includes its planning), and masks/s as the slope of masks written
+against time; `steady_ratio` is the job's masks/s over the loop's. `plan` runs the segment job's
 --dry-run on generated key lists against a ledger of as many rows, one fresh process per
 size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each CPU stage
 of the segment job and the bytes between stages, by photo size (one core). `vs-reference`

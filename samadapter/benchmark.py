@@ -290,8 +290,10 @@ def mask_times(output: str, started_at: float) -> Dict[str, float]:
       one mask, to the last depends on where that mask falls in its burst; the slope of
       the staircase does not.
     """
+    from .segment import layout
+
     times = np.sort(np.array([os.stat(os.path.join(root, name)).st_mtime
-                              for root, _, files in os.walk(os.path.join(output, "masks"))
+                              for root, _, files in os.walk(os.path.join(output, layout.MASKS))
                               for name in files if name.endswith(".png")], dtype=np.float64))
     if not len(times):
         raise RuntimeError(f"no masks under {output}")

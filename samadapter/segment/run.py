@@ -109,7 +109,6 @@ class SegmentSummary:
     actors: str = ""  # how the pool was sized
     plan: Dict[str, int] = field(default_factory=dict)  # the dry run's breakdown
     first_output_s: Optional[float] = None  # when the first ledger file was written
-    first_output_rows: int = 0
     started_at: float = 0.0  # wall clock (time.time()) when planning began; ``seconds`` count from here
     planning_s: float = 0.0  # listing + anti-join with the ledger
 
@@ -146,11 +145,6 @@ class SegmentSummary:
     def images_per_s(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def steady_images_per_s(self) -> Optional[float]:
-        if self.first_output_s is None or self.seconds <= self.first_output_s:
-            return None
-        return (self.processed - self.first_output_rows) / (self.seconds - self.first_output_s)
 
 
 def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummary:
@@ -247,7 +241,6 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, im
         rows = batch.to_pylist()
         if rows and summary.first_output_s is None:
             summary.first_output_s = time.perf_counter() - t0
-            summary.first_output_rows = sum(r["count"] for r in rows)
         for r in rows:
             counts[r["status"]] += r["count"]
         if time.perf_counter() - last_log > 30:
