@@ -10,6 +10,7 @@ number of inputs. Layout of the outputs: ``layout.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -63,6 +64,9 @@ class SegmentConfig:
     gpus_per_actor: Optional[float] = _opt(None, "GPUs per model actor (default: 1, or 0 where no GPU can exist)", MODEL)
     min_actors: int = _opt(1, "smallest model actor pool", MODEL)
     max_actors: Optional[int] = _opt(None, "largest model actor pool (default: the GPUs the cluster can scale to)", MODEL)
+    accelerator_type: Optional[str] = _opt(None, "GPU model the actors ask for (Ray's accelerator type: A10G, L4, "
+                                                 "A100, ...); required where the cluster has GPU node types of "
+                                                 "several kinds, so that the night lands only on its own", MODEL)
     cpus_per_actor: float = _opt(1.0, "CPUs per model actor (its torch threads)", MODEL)
     gpu_wait_minutes: float = _opt(20.0, "fail if the first GPU nodes are not up after this long", MODEL)
     batch_size: int = _opt(4, "images per model call", MODEL)
@@ -177,20 +181,19 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
         summary.seconds = time.perf_counter() - t0
         return summary
 
-    actors = resources.plan_actors(resources.cluster_view(), arch["name"], cfg.device, cfg.gpus_per_actor,
-                                   cfg.min_actors, cfg.max_actors, cfg.cpus_per_actor)
+    actors = resources.plan_actors(resources.cluster_view(cfg.accelerator_type), arch["name"], cfg.device,
+                                   cfg.gpus_per_actor, cfg.min_actors, cfg.max_actors, cfg.cpus_per_actor,
+                                   cfg.accelerator_type)
     summary.actors = f"{actors.min_actors}-{actors.max_actors} actors x {actors.gpus_per_actor:g} GPU ({actors.why})"
     log.info("model actors: %s", summary.actors)
     wanted = min(actors.max_actors, max(actors.min_actors, -(-night.todo // (cfg.batch_size * 32))))
-    try:
-        if actors.gpus_per_actor > 0:
-            resources.request_pool(actors, wanted)
+    gpus = actors.gpus_per_actor > 0
+    with resources.pool_requested(actors, wanted) if gpus else contextlib.nullcontext():
+        if gpus:
             resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes,
-                                    refresh=lambda: resources.request_pool(actors, wanted))
+                                    refresh=lambda: resources.request_pool(actors, wanted),
+                                    accelerator_type=actors.accelerator_type)
         _run_pipeline(cfg, night, actors, wanted, adapter_uri, arch["name"], int(arch["img_size"]), fingerprint, run_id, summary, t0)
-    finally:
-        if actors.gpus_per_actor > 0:
-            resources.release_pool()
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -219,7 +222,8 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, im
         fn_constructor_kwargs={"adapter_uri": adapter_uri, "arch": arch_name, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
                                "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device},
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors, initial_size=initial_actors),
-        num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, batch_size=cfg.batch_size, batch_format="numpy",
+        num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, accelerator_type=actors.accelerator_type,
+        batch_size=cfg.batch_size, batch_format="numpy",
     )
     ds = ds.map_batches(
         stages.postprocess_stage,

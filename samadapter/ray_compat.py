@@ -1,0 +1,88 @@
+"""Ray's private API, in one place: each use says what public API is missing.
+
+Every function here may break on a Ray upgrade; ``tests/test_ray_compat.py`` runs them
+against the pinned Ray (pyproject.toml) so that an upgrade fails there first.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Dict, List, Optional, Tuple
+
+
+def nodes_for(autoscaler_config: dict, bundles: List[Dict[str, float]]) -> Tuple[Dict[str, int], List[Dict[str, float]]]:
+    """The worker nodes Ray's autoscaler would launch for ``bundles`` on a cluster whose
+    only node is its head: ``({node_type: count}, bundles that fit no node type)``.
+
+    No public API answers "what would this demand launch": this is the function the
+    autoscaler itself calls (``resource_demand_scheduler.get_nodes_for``), with its default
+    utilization scorer."""
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+
+    node_types = autoscaler_config["available_node_types"]
+    head = autoscaler_config["head_node_type"]
+    max_workers = autoscaler_config.get("max_workers", sum(t.get("max_workers", 0) for t in node_types.values()))
+    scorer = functools.partial(_default_utilization_scorer,
+                               node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
+    nodes, residual = get_nodes_for(node_types, {head: 1}, head, max_workers, [dict(b) for b in bundles], scorer)
+    return {k: v for k, v in nodes.items() if v}, residual
+
+
+def autoscaling_config_from_ray_cr(ray_cluster: dict) -> dict:
+    """A KubeRay RayCluster as the autoscaler reads it (worker groups -> node types with
+    their Ray resources, from rayStartParams and container limits). KubeRay's autoscaler
+    does this translation in Ray's code; no public function exposes it."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    return _derive_autoscaling_config_from_ray_cr(ray_cluster)
+
+
+def gcs_node_groups() -> Optional[Dict[str, dict]]:
+    """The node groups of the cluster config the autoscaler publishes in the GCS, as
+    ``{name: {"resources": ..., "max_workers": ...}}``; None where none is published. Ray
+    Train reads it the same way (``ray._private.state``); there is no public accessor."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - not published by every Ray deployment
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return {g.name or f"group{i}": {"resources": dict(g.resources), "max_workers": g.max_count}
+            for i, g in enumerate(config.node_group_configs)}
+
+
+def autoscaler_status() -> Optional[dict]:
+    """The autoscaler's last report (``ray status`` reads it from the same internal KV key);
+    None on a Ray without an autoscaler. Public ``ray status`` only prints it."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not _internal_kv_initialized():
+        return None
+    raw = _internal_kv_get("__autoscaling_status")
+    return json.loads(raw) if raw else None
+
+
+def standing_resource_request() -> List[Dict[str, float]]:
+    """The cluster's standing ``request_resources`` bundles (what a driver asked for and
+    nobody cleared), read where the autoscaler reads them: the GCS's cluster resource
+    constraints (autoscaler v2) or the internal KV key (v1). The SDK can set the request
+    but not read it back."""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if is_autoscaler_v2(fetch_from_server=True):
+        from ray._private.state import state  # noqa: F401 - connects the GCS client
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+        from ray.experimental.internal_kv import internal_kv_get_gcs_client
+
+        constraints = get_cluster_resource_state(internal_kv_get_gcs_client()).cluster_resource_constraints
+        return [dict(b.request.resources_bundle) for c in constraints for b in c.resource_requests
+                for _ in range(b.count)]
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else []
