@@ -44,7 +44,7 @@ def _kube():
     """kind -> [documents] over every manifest in cluster/."""
     docs = {}
     for path in sorted(glob.glob(os.path.join(CLUSTER, "*.yaml"))):
-        if os.path.basename(path) == "runtime_env.yaml":
+        if os.path.basename(path) in ("runtime_env.yaml", "prices.yaml"):  # not Kubernetes objects
             continue
         for doc in _load(path):
             docs.setdefault(doc["kind"], []).append(doc)
@@ -168,13 +168,23 @@ def test_ray_and_the_project_revision_are_pinned():
     (ray_dep,) = re.findall(r'"(ray\[[^"]*)"', text)
     assert ray_dep.endswith(f"=={RAY_VERSION}") and ray.__version__ == RAY_VERSION
     dockerfile = open(os.path.join(CLUSTER, "Dockerfile")).read()
-    assert re.search(rf"^FROM rayproject/ray:{re.escape(RAY_VERSION)}-py311-gpu$", dockerfile, re.M)
+    # the base by its CUDA tag, not the moving -gpu alias; torch pinned to a CUDA 12 build
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(RAY_VERSION)}-py311-cu12\d$", dockerfile, re.M)
+    assert "pip install --no-cache-dir -c cluster/constraints.txt" in dockerfile
+    constraints = dict(l.split("==") for l in open(os.path.join(CLUSTER, "constraints.txt")) if "==" in l)
+    assert {"torch", "torchvision"} <= set(constraints) and constraints["ray"].strip() == RAY_VERSION
+    ignored = open(os.path.join(ROOT, ".dockerignore")).read().split()
+    assert {".git", ".venv", "runs", "outputs"} <= set(ignored)
     assert _one("RayCluster")["spec"]["rayVersion"] == RAY_VERSION
-    # every node and pod runs one image, tagged by the revision (not a moving tag)
-    images = {_ray_cluster()["docker"]["image"]} | {i for docs in _kube().values() for d in docs for i in _images(d)}
-    assert images == {"ghcr.io/CHANGE_ORG/samadapter:CHANGE_REVISION"}
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert "git rev-parse" in dockerfile and "v0.1.0" not in readme + dockerfile
+    # every node and pod runs one image, tagged by the revision (not a moving tag); the
+    # GCS's Redis runs a pinned release
+    ray_images = {_ray_cluster()["docker"]["image"]} | {
+        i for kind, docs in _kube().items() if kind != "StatefulSet" for d in docs for i in _images(d)}
+    assert ray_images == {f"CHANGE_ACCOUNT.dkr.ecr.{_ray_cluster()['provider']['region']}.amazonaws.com/samadapter:CHANGE_REVISION"}
+    (redis,) = {i for d in _kube()["StatefulSet"] for i in _images(d)}
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+", redis)
+    docs = open(os.path.join(ROOT, "docs", "cluster.md")).read()
+    assert "git rev-parse" in dockerfile and "v0.1.0" not in docs + dockerfile
     # nodes do not install anything at set-up: no pip, no git checkout
     setup = " ".join(_ray_cluster()["setup_commands"])
     assert "pip install" not in setup and "git " not in setup
@@ -209,14 +219,25 @@ def _strict(node):
 def _schema(kind):
     import jsonschema
 
-    name = {"RayCluster": "ray.io_rayclusters.json", "RayJob": "ray.io_rayjobs.json", "CronJob": "cronjob-batch-v1.json"}[kind]
+    name = {"RayCluster": "ray.io_rayclusters.json", "RayJob": "ray.io_rayjobs.json", "CronJob": "cronjob-batch-v1.json",
+            "NetworkPolicy": "networkpolicy-networking-v1.json", "StatefulSet": "statefulset-apps-v1.json",
+            "Service": "service-v1.json", "ServiceAccount": "serviceaccount-v1.json", "Role": "role-rbac-v1.json",
+            "RoleBinding": "rolebinding-rbac-v1.json"}[kind]
     with open(os.path.join(SCHEMAS, name)) as f:
         doc = json.load(f)
     schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"] if doc.get("kind") == "CustomResourceDefinition" else doc
     return jsonschema.Draft7Validator(_strict(schema))
 
 
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob", "CronJob"])
+KINDS = ["RayCluster", "RayJob", "CronJob", "NetworkPolicy", "StatefulSet", "Service", "ServiceAccount", "Role",
+         "RoleBinding"]
+
+
+def test_every_manifest_kind_has_a_schema():
+    assert set(_kube()) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_manifests_validate_against_the_api_servers_schemas(kind):
     validator = _schema(kind)
     for doc in _kube()[kind]:
@@ -384,7 +405,7 @@ def _cluster_files():
         p for p in glob.glob(os.path.join(CLUSTER, "**", "*"), recursive=True) if os.path.isfile(p))
 
 
-def test_placeholders_are_marked_change_and_listed_in_the_readme():
+def test_placeholders_are_marked_change_and_listed_in_the_deploy_docs():
     found = {}
     for path in _cluster_files():
         text = open(path).read()
@@ -392,9 +413,9 @@ def test_placeholders_are_marked_change_and_listed_in_the_readme():
             found.setdefault(token, set()).add(os.path.relpath(path, ROOT))
         for old in OLD_PLACEHOLDERS:
             assert old not in text, f"{path}: unmarked placeholder {old!r}"
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    table = set(re.findall(r"^\| `(CHANGE(?:_[A-Z_]+)?)` \|", readme, re.M))
-    assert table == set(found), f"README's placeholder table {sorted(table)} vs files {sorted(found)}"
+    docs = open(os.path.join(ROOT, "docs", "cluster.md")).read()
+    table = set(re.findall(r"^\| `(CHANGE(?:_[A-Z_]+)?)` \|", docs, re.M))
+    assert table == set(found), f"docs/cluster.md's placeholder table {sorted(table)} vs files {sorted(found)}"
 
 
 CREDENTIAL_PATTERNS = [
@@ -423,3 +444,131 @@ def test_ssh_cidr_example_is_a_documentation_range():
     text = open(os.path.join(CLUSTER, "aws", "security-group.cfn.yaml")).read()
     (example,) = set(re.findall(r"SshCidr=([0-9./]+)", text))
     assert ipaddress.ip_network(example).subnet_of(ipaddress.ip_network("198.51.100.0/24"))
+
+
+# ------------------------------------------------------------------ day one and every night
+def _rayjob_storage():
+    argv = shlex.split(_one("RayJob")["spec"]["entrypoint"])
+    return argv[argv.index("--storage") + 1]
+
+
+def _s3_statements(policy, action):
+    return [s for s in policy["Statement"] if action in _list(s["Action"])]
+
+
+@pytest.mark.parametrize("name", ["head-policy.json", "worker-policy.json"])
+def test_s3_writes_only_under_the_jobs_output_and_run_prefixes(name):
+    """Inputs, SAM weights, datasets and checkpoints of other runs cannot be overwritten;
+    Ray Train may delete old checkpoints (num_to_keep) under the runs prefix only."""
+    policy = _policy(name)
+    _, segment = _check_nightly(_one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"])
+    written = {segment.output, _rayjob_storage() + "/"}
+    allowed = {r for s in _s3_statements(policy, "s3:PutObject") for r in _list(s["Resource"])}
+    assert allowed == {"arn:aws:s3:::" + p[len("s3://"):] + "*" for p in written}
+    deletes = {r for s in _s3_statements(policy, "s3:DeleteObject") for r in _list(s["Resource"])}
+    assert deletes == {"arn:aws:s3:::" + _rayjob_storage()[len("s3://"):] + "/*"}
+    assert not any(r.endswith(":::CHANGE_BUCKET/*") for s in _s3_statements(policy, "s3:PutObject") for r in _list(s["Resource"]))
+
+
+def test_the_head_launches_only_the_clusters_instance_types():
+    head = _policy("head-policy.json")
+    runs = _s3_statements(head, "ec2:RunInstances")
+    on_instances = [s for s in runs if any(":instance/" in r for r in _list(s["Resource"]))]
+    (instances,) = on_instances
+    types = {t["node_config"]["InstanceType"] for t in _ray_cluster()["available_node_types"].values()}
+    assert set(instances["Condition"]["StringEquals"]["ec2:InstanceType"]) == types
+    assert not any(r == "*" for s in runs for r in _list(s["Resource"]))
+    images = [r for s in runs for r in _list(s["Resource"]) if ":image/" in r]
+    assert images == ["arn:aws:ec2:CHANGE_REGION::image/ami-CHANGE_AMI"]  # the AMI of every node type
+    assert {t["node_config"]["ImageId"] for t in _ray_cluster()["available_node_types"].values()} == {"ami-CHANGE_AMI"}
+
+
+def test_the_region_is_given_the_way_each_client_reads_it():
+    """botocore (the head's token command) reads only AWS_DEFAULT_REGION; boto3/s3fs AWS_REGION."""
+    config = _ray_cluster()
+    region = config["provider"]["region"]
+    env = dict(o.split(None, 1)[1].split("=", 1) for o in config["docker"]["run_options"] if o.startswith("-e "))
+    assert env["AWS_DEFAULT_REGION"] == env["AWS_REGION"] == region
+    assert f".dkr.ecr.{region}.amazonaws.com/" in config["docker"]["image"]
+    assert f"--region {region}" in " ".join(config["initialization_commands"])  # ECR login on the host
+    rc = _one("RayCluster")
+    for group in [rc["spec"]["headGroupSpec"]] + rc["spec"]["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert {"name": "AWS_DEFAULT_REGION", "value": region} in container["env"]
+
+
+def test_every_ray_pod_has_a_memory_backed_shm_for_its_object_store():
+    rc = _one("RayCluster")
+    for group in [rc["spec"]["headGroupSpec"]] + rc["spec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        (container,) = spec["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["emptyDir"]["medium"] == "Memory"
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert store <= _gib(volume["emptyDir"]["sizeLimit"]) * 2**30 <= _gib(container["resources"]["limits"]["memory"]) * 2**30
+
+
+def test_gcs_fault_tolerance_uses_the_shipped_redis():
+    ft = _one("RayCluster")["spec"]["gcsFaultToleranceOptions"]
+    (service,) = _kube()["Service"]
+    host, port = ft["redisAddress"].rsplit(":", 1)
+    assert host == service["metadata"]["name"] and int(port) == service["spec"]["ports"][0]["port"]
+    secret = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    (redis,) = _kube()["StatefulSet"]
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": secret}} in container["env"]
+    assert "--requirepass" in container["command"] and "--appendonly" in container["command"]
+    assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
+
+
+def _policies():
+    return {p["metadata"]["name"]: p for p in _kube()["NetworkPolicy"]}
+
+
+def test_network_policies_keep_rays_ports_inside_the_cluster():
+    policies = _policies()
+    ray = policies["samadapter-ray"]
+    assert ray["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": _one("RayCluster")["metadata"]["name"]}
+    assert ray["spec"]["policyTypes"] == ["Ingress"]
+    for rule in ray["spec"]["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every pod"
+        if not rule.get("ports"):  # every port: only from the cluster's own pods
+            assert rule["from"] == [{"podSelector": {"matchLabels": ray["spec"]["podSelector"]["matchLabels"]}}]
+    (api,) = [r for r in ray["spec"]["ingress"] if r.get("ports")]
+    assert api["ports"] == [{"protocol": "TCP", "port": 8265}]
+    submitter = next(f["podSelector"]["matchLabels"] for f in api["from"] if "namespaceSelector" not in f)
+    # the pods that submit jobs carry that label
+    cron_pod = _one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+    assert cron_pod["metadata"]["labels"] == submitter
+    assert _one("RayJob")["spec"]["submitterPodTemplate"]["metadata"]["labels"] == submitter
+    # Redis: the head (and KubeRay's cleanup Job) only
+    redis = policies["samadapter-redis"]
+    (rule,) = redis["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchExpressions"] == [
+        {"key": "ray.io/node-type", "operator": "In", "values": ["head", "redis-cleanup"]}]
+
+
+def test_the_cronjob_never_restarts_a_night_behind_nightly_py():
+    from samadapter.nightly import UNREACHABLE
+
+    job = _one("CronJob")["spec"]["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    rules = job["podFailurePolicy"]["rules"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "Count", "onExitCodes": {"containerName": container["name"], "operator": "In",
+                                                           "values": [UNREACHABLE]}}
+    assert rules[2] == {"action": "FailJob", "onExitCodes": {"containerName": container["name"], "operator": "NotIn",
+                                                             "values": [UNREACHABLE]}}
+
+
+def test_the_nightly_asks_for_the_inference_nodes_accelerator_type():
+    (gpu_infer,) = [g for g in _one("RayCluster")["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-infer"]
+    _, cron_segment = _check_nightly(_one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert f"accelerator_type:{cron_segment.accelerator_type}" in gpu_infer["rayStartParams"]["resources"]
+    lines = [l for l in open(os.path.join(CLUSTER, "nightly.crontab")) if l.strip() and not l.startswith("#") and "docker" in l]
+    argv = shlex.split(lines[0].split(None, 5)[5].split(">>")[0])
+    _, vm_segment = _check_nightly(argv[argv.index("ray_container") + 1:])
+    assert f"accelerator_type:{vm_segment.accelerator_type}" in _ray_cluster()["available_node_types"]["gpu.infer"]["resources"]
