@@ -52,7 +52,7 @@ def test_training_placement_comes_from_the_recipe():
 
     sc = scaling_config(TrainConfig.from_yaml(os.path.join(ROOT, "configs", "cod10k-vit-h.yaml")).run)
     assert sc.accelerator_type == "A100" and sc.placement_strategy == "PACK"
-    assert sc.total_resources["GPU"] == 4 and sc.total_resources["accelerator_type:A100"] > 0
+    assert sc.total_resources["GPU"] == 8 and sc.total_resources["accelerator_type:A100"] > 0  # every GPU of one p4d
     local = scaling_config(TrainConfig.from_yaml(os.path.join(ROOT, "configs", "local-tiny.yaml")).run)
     assert local.accelerator_type is None and not local.use_gpu
     assert not any(k.startswith("accelerator_type") for k in local.total_resources)
