@@ -178,27 +178,23 @@ def test_a_night_that_did_not_succeed_is_sent_to_the_webhook(webhook):
     assert out.getvalue().count("warning: could not notify") == 1
 
 
-def test_a_night_that_did_not_succeed_is_published_to_sns(monkeypatch):
+def test_a_night_that_did_not_succeed_is_published_to_sns(s3_server):
+    """Through moto's server on loopback (the session's; its environment points botocore at
+    it), subscribed by an SQS queue that receives what the topic publishes."""
     import json
 
     import boto3
-    from moto import mock_aws
 
-    for k in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        sns, sqs = boto3.client("sns", region_name="eu-west-1"), boto3.client("sqs", region_name="eu-west-1")
-        topic = sns.create_topic(Name="samadapter-nightly")["TopicArn"]
-        queue = sqs.create_queue(QueueName="ops")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        assert run_nightly(_cfg(notify=topic), client=FakeClient(scripts={1: ["RUNNING", "STOPPED"]}),
-                           out=io.StringIO()) == 4
-        (msg,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
-        body = json.loads(json.loads(msg["Body"])["Message"])
-        assert body["status"] == 4 and "stopped" in body["meaning"]
+    sns, sqs = boto3.client("sns", region_name="eu-west-1"), boto3.client("sqs", region_name="eu-west-1")
+    topic = sns.create_topic(Name="samadapter-nightly")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"ops-{os.getpid()}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    assert run_nightly(_cfg(notify=topic), client=FakeClient(scripts={1: ["RUNNING", "STOPPED"]}),
+                       out=io.StringIO()) == 4
+    (msg,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(json.loads(msg["Body"])["Message"])
+    assert body["status"] == 4 and "stopped" in body["meaning"]
 
 
 def test_bad_arguments_are_usage_errors():
