@@ -60,6 +60,28 @@ def test_too_many_pixels():
     assert T.decode_image(data, max_pixels=10_000).ok
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (the pixel data is a 1 x 1 image's: Pillow's
+    size checks read only the header)."""
+    import struct
+    import zlib
+
+    data = bytearray(_encode(Image.fromarray(np.zeros((1, 1), np.uint8))))
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_max_pixels_is_the_only_pixel_limit():
+    """Above Pillow's own bomb limit (~179 MP) the user's --max-pixels decides, not Pillow."""
+    header = _png_claiming(14_000, 14_000)  # 196 MP
+    out = T.decode_image(header, max_pixels=300_000_000)
+    assert out.status != T.TOO_MANY_PIXELS, out.reason  # opened; its data is then too short
+    out = T.decode_image(header, max_pixels=100_000_000)
+    assert out.status == T.TOO_MANY_PIXELS and "> limit 100000000" in out.reason
+
+
 def test_mask_problems():
     assert T.decode_sample(GOOD_JPEG, None, require_mask=True).status == T.MISSING_MASK
     assert T.decode_sample(GOOD_JPEG, b"", require_mask=True).status == T.MISSING_MASK

@@ -92,6 +92,9 @@ def _open(data: Optional[bytes], max_pixels: int, draft_size: Optional[Tuple[int
         return None, MISSING_MASK, "no data", None
     if len(data) == 0:
         return None, ZERO_BYTES, "the file is empty (0 bytes)", None
+    # ``max_pixels`` is the only pixel limit: Pillow's own (2 x MAX_IMAGE_PIXELS, ~179 MP by
+    # default, raised at open) follows it, in whichever process decodes.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
