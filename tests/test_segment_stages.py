@@ -72,10 +72,10 @@ def test_other_fsspec_stores_are_listed_a_directory_at_a_time():
     for key in ("lst/a.jpg", "lst/sub/b.jpg", "lst/sub/deep/c.png"):
         fs.pipe(f"/{key}", b"xyz")
     try:
-        assert sorted(u for u, _, d in _entries("memory://lst", True) if not d) == [
+        assert sorted(e.uri for e in _entries("memory://lst", True) if not e.is_dir) == [
             "memory:///lst/a.jpg", "memory:///lst/sub/b.jpg", "memory:///lst/sub/deep/c.png"]
-        assert sorted((u, d) for u, _, d in _entries("memory://lst", False)) == [
+        assert sorted((e.uri, e.is_dir) for e in _entries("memory://lst", False)) == [
             ("memory:///lst/a.jpg", False), ("memory:///lst/sub", True)]
-        assert all(v for _, v, d in _entries("memory://lst", True) if not d)  # a version for every file
+        assert all(e.version for e in _entries("memory://lst", True) if not e.is_dir)  # a version for every file
     finally:
         fs.rm("/lst", recursive=True)

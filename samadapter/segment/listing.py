@@ -21,11 +21,12 @@ Sources:
 - a prefix (``list_prefix``): the prefix is listed one level deep by one Ray task (its
   direct files and its sub-prefixes stay in the object store as two tables),
   then each sub-prefix is listed recursively by its own task with the store's paginated
-  listing (S3 ``ListObjectsV2``, 1,000 keys a request; ``os.scandir`` locally), yielding
-  blocks of ``LIST_BLOCK_ROWS`` keys;
-- a key list (``read_key_list``): Parquet or CSV files with a ``uri`` column (or ``key``,
+  listing (S3 ``ListObjectsV2``, 1,000 keys a request; ``os.scandir`` locally, where a
+  symbolic link is followed only inside the input folder), yielding blocks of
+  ``LIST_BLOCK_ROWS`` keys;
+- a key list (``keylists.read_key_list``): Parquet or CSV files with a ``uri`` column (or ``key``,
   relative to ``--input-root``) and optionally ``version``/``etag`` and ``size``;
-- an S3 Inventory report (``read_key_list`` on its ``manifest.json``): the CSV (gzip) or
+- an S3 Inventory report (``keylists.read_key_list`` on its ``manifest.json``): the CSV (gzip) or
   Parquet data files it names, using the fields ``Bucket``, ``Key`` (URL-encoded in CSV),
   ``Size``, ``ETag`` (the version; ``LastModifiedDate`` with the size when ETag is not in
   the report), and ``IsLatest``/``IsDeleteMarker`` when present (only current versions);
@@ -36,13 +37,11 @@ Sources:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
 import tarfile
-from typing import Dict, Iterator, List, Optional, Tuple
-from urllib.parse import unquote_plus
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +58,6 @@ SNIFF = "sniff"
 INPUT_COLUMNS = ("uri", "rel", "version", "offset", "length", "status", "reason")
 LIST_BLOCK_ROWS = 20_000
 INPUT_FORMATS = ("auto", "images", "tar", "parquet")
-_LISTED = pa.schema([("uri", pa.string()), ("version", pa.string())])
 
 
 # ------------------------------------------------------------------ classification
@@ -104,10 +102,11 @@ def to_input_rows(batch: pa.Table, root: str) -> Dict[str, np.ndarray]:
     """Listed ``uri``/``version`` rows -> input rows (relative key, byte range, status)."""
     uris = batch.column("uri").to_pylist()
     versions = batch.column("version").to_pylist() if "version" in batch.column_names else [""] * len(uris)
+    unsafe = batch.column("unsafe").to_pylist() if "unsafe" in batch.column_names else [""] * len(uris)
     rels, status, reason = [], [], []
-    for uri in uris:
+    for uri, why in zip(uris, unsafe):
         rel = layout.relative_key(uri, root)
-        s, r = classify(rel)
+        s, r = (UNSAFE_KEY, why) if why else classify(rel)
         rels.append(rel or "")
         status.append(s)
         reason.append(r)
@@ -121,9 +120,53 @@ def to_input_rows(batch: pa.Table, root: str) -> Dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------ prefix listing
-def _entries(uri: str, recursive: bool) -> Iterator[Tuple[str, str, bool]]:
-    """(full URI, version, is_dir) under a prefix, page by page. With ``recursive=False``
-    sub-prefixes come as directories; with ``recursive=True`` only files come."""
+class Entry(NamedTuple):
+    uri: str
+    version: str
+    is_dir: bool
+    unsafe: str = ""  # why the entry may not be read (a link out of the input root), else ""
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _local_entries(path: str, recursive: bool, root: Optional[str]) -> Iterator[Entry]:
+    """Local files under ``path``. A symbolic link is followed only when its target is
+    inside ``root`` (the listing's input folder): a file link outside is an unsafe entry
+    (never read), a linked directory inside is listed under the link's name (unless that
+    would loop: a target on the way down to it), one outside is one unsafe entry."""
+    root_real = os.path.realpath(root or path)
+    stack = [(path, (os.path.realpath(path),))]  # a folder, and the real folders on the way down to it
+    while stack:
+        folder, chain = stack.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                target = os.path.realpath(e.path) if e.is_symlink() else None
+                if target is not None and not _inside(target, root_real):
+                    kind = "directory" if os.path.isdir(target) else "file"
+                    yield Entry(e.path, "", False, f"a link to a {kind} outside the input folder ({target})")
+                    continue
+                if e.is_dir():
+                    real = target or os.path.realpath(e.path)
+                    if real in chain:
+                        log.warning("%s links back to %s: not listed again", e.path, real)
+                        continue
+                    if recursive:
+                        stack.append((e.path, chain + (real,)))
+                    else:
+                        yield Entry(e.path, "", True)
+                elif e.is_file():
+                    st = e.stat()
+                    yield Entry(e.path, f"{st.st_size}-{st.st_mtime_ns}", False)
+                elif target is not None:  # a broken link: a row whose read fails (read_error)
+                    yield Entry(e.path, "", False)
+
+
+def _entries(uri: str, recursive: bool, root: Optional[str] = None) -> Iterator[Entry]:
+    """Entries under a prefix, page by page. With ``recursive=False`` sub-prefixes come as
+    directories; with ``recursive=True`` only files come. ``root``: the input folder that
+    local links may not leave (default: ``uri`` itself)."""
     base = uri.rstrip("/")
     if storage.scheme(base) in ("s3", "s3a"):
         bucket, _, key = base.split("://", 1)[1].partition("/")
@@ -134,25 +177,14 @@ def _entries(uri: str, recursive: bool) -> Iterator[Tuple[str, str, bool]]:
         sch = storage.scheme(base)
         for page in storage.s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
             for p in page.get("CommonPrefixes", []):
-                yield f"{sch}://{bucket}/{p['Prefix'].rstrip('/')}", "", True
+                yield Entry(f"{sch}://{bucket}/{p['Prefix'].rstrip('/')}", "", True)
             for o in page.get("Contents", []):
                 if not o["Key"].endswith("/"):
-                    yield f"{sch}://{bucket}/{o['Key']}", o.get("ETag", "").strip('"'), False
+                    yield Entry(f"{sch}://{bucket}/{o['Key']}", o.get("ETag", "").strip('"'), False)
         return
     if storage.is_local(base):
-        path = storage.local_path(base)
-        stack = [path]
-        while stack:
-            with os.scandir(stack.pop()) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        if recursive:
-                            stack.append(e.path)
-                        else:
-                            yield e.path, "", True
-                    elif e.is_file():
-                        st = e.stat()
-                        yield e.path, f"{st.st_size}-{st.st_mtime_ns}", False
+        root = storage.local_path(root.rstrip("/")) if root else None
+        yield from _local_entries(storage.local_path(base), recursive, root)
         return
     fs, path = storage.fsspec_filesystem(base)  # any other fsspec store: its own listing, a directory at a time
     sch = base.split("://", 1)[0]
@@ -162,30 +194,32 @@ def _entries(uri: str, recursive: bool) -> Iterator[Tuple[str, str, bool]]:
         infos = iter(fs.ls(path, detail=True))
     for info in infos:
         full = f"{sch}://{info['name'].rstrip('/')}"
-        yield full, str(info.get("ETag", info.get("etag", ""))).strip('"') or f"{info.get('size')}-{info.get('mtime', '')}", info["type"] == "directory"
+        yield Entry(full, str(info.get("ETag", info.get("etag", ""))).strip('"') or f"{info.get('size')}-{info.get('mtime', '')}",
+                    info["type"] == "directory")
 
 
-def _table(rows: List[Tuple[str, str]]) -> pa.Table:
-    return pa.table({"uri": pa.array([r[0] for r in rows], pa.string()), "version": pa.array([r[1] for r in rows], pa.string())})
+def _table(rows: List[Entry]) -> pa.Table:
+    return pa.table({"uri": pa.array([r[0] for r in rows], pa.string()), "version": pa.array([r[1] for r in rows], pa.string()),
+                     "unsafe": pa.array([r[3] if len(r) > 3 else "" for r in rows], pa.string())})
 
 
 def _top_level(uri: str):
     """One Ray task: (table of the sub-prefixes of ``uri``, table of the files directly under it)."""
     dirs, files = [], []
-    for full, version, is_dir in _entries(uri, recursive=False):
-        if is_dir:
-            dirs.append(full)
+    for entry in _entries(uri, recursive=False, root=uri):
+        if entry.is_dir:
+            dirs.append(entry.uri)
         else:
-            files.append((full, version))
+            files.append(entry)
     return pa.table({"prefix": pa.array(sorted(dirs), pa.string())}), _table(files)
 
 
-def _list_recursive(batch: Dict[str, np.ndarray]) -> Iterator[pa.Table]:
+def _list_recursive(batch: Dict[str, np.ndarray], root: str) -> Iterator[pa.Table]:
     """Ray Data stage: one sub-prefix -> blocks of its files (paginated)."""
     for prefix in batch["prefix"]:
         rows = []
-        for full, version, _ in _entries(str(prefix), recursive=True):
-            rows.append((full, version))
+        for entry in _entries(str(prefix), recursive=True, root=root):
+            rows.append(entry)
             if len(rows) >= LIST_BLOCK_ROWS:
                 yield _table(rows)
                 rows = []
@@ -207,102 +241,8 @@ def list_prefix(uri: str):
         raise FileNotFoundError(f"input {uri} does not exist (or is not a folder)")
     dirs_ref, files_ref = ray.remote(_top_level).options(num_returns=2, num_cpus=0.25).remote(uri)
     sub = ray.data.from_arrow_refs([dirs_ref]).repartition(target_num_rows_per_block=1)
-    sub = sub.map_batches(_list_recursive, batch_size=1, batch_format="numpy", num_cpus=0.25)
+    sub = sub.map_batches(_list_recursive, fn_kwargs={"root": uri}, batch_size=1, batch_format="numpy", num_cpus=0.25)
     return ray.data.from_arrow_refs([files_ref]).union(sub)
-
-
-# ------------------------------------------------------------------------ key lists
-def read_key_list(uri: str, input_root: Optional[str]):
-    """A key list (Parquet/CSV) or an S3 Inventory ``manifest.json`` -> Dataset of ``uri``/``version``."""
-    import ray.data
-
-    if uri.endswith(".json"):
-        return _read_inventory(uri)
-    fs, path = storage.pyarrow_filesystem(uri)
-    kind = "csv" if any(uri.lower().endswith(e) for e in (".csv", ".csv.gz")) else "parquet"
-    ds = ray.data.read_csv(path, filesystem=fs) if kind == "csv" else ray.data.read_parquet(path, filesystem=fs)
-    names = ds.columns()
-    if "uri" not in names and "key" not in names:
-        raise ValueError(f"key list {uri}: needs a 'uri' column (full URIs) or a 'key' column (relative to --input-root); has {names}")
-    if "uri" not in names and not input_root:
-        raise ValueError(f"key list {uri} has keys relative to a root: pass --input-root")
-    root = (input_root or "").rstrip("/")
-    return ds.map_batches(_normalize_key_list, fn_kwargs={"root": root}, batch_format="pyarrow")
-
-
-def _normalize_key_list(batch: pa.Table, root: str) -> pa.Table:
-    names = batch.column_names
-    uris = batch.column("uri").to_pylist() if "uri" in names else [f"{root}/{k}" for k in batch.column("key").to_pylist()]
-    if "version" in names:
-        versions = [str(v) if v is not None else "" for v in batch.column("version").to_pylist()]
-    elif "etag" in names:
-        versions = [str(v).strip('"') if v is not None else "" for v in batch.column("etag").to_pylist()]
-    elif "size" in names:
-        versions = [str(v) for v in batch.column("size").to_pylist()]
-    else:
-        versions = [""] * len(uris)
-    return pa.table({"uri": pa.array(uris, pa.string()), "version": pa.array(versions, pa.string())})
-
-
-_INVENTORY_FIELDS = {"bucket": "Bucket", "key": "Key", "size": "Size", "last_modified_date": "LastModifiedDate",
-                     "e_tag": "ETag", "is_latest": "IsLatest", "is_delete_marker": "IsDeleteMarker"}
-
-
-def _read_inventory(manifest_uri: str):
-    import pyarrow.csv as pacsv
-    import ray.data
-
-    manifest = json.loads(storage.read_bytes(manifest_uri))
-    fmt = str(manifest.get("fileFormat", "")).lower()
-    dest = str(manifest.get("destinationBucket", "")).rsplit(":", 1)[-1]
-    if not dest or "files" not in manifest:
-        raise ValueError(f"{manifest_uri} is not an S3 Inventory manifest (no destinationBucket/files)")
-    sch = storage.scheme(manifest_uri) or "s3"
-    files = [f"{sch}://{dest}/{f['key']}" for f in manifest["files"]]
-    if not files:
-        import ray.data as rd
-
-        return rd.from_arrow(_table([]))
-    fs, _ = storage.pyarrow_filesystem(files[0])
-    paths = [f.split("://", 1)[1] for f in files]
-    if fmt == "csv":
-        columns = [c.strip() for c in manifest["fileSchema"].split(",")]
-        ds = ray.data.read_csv(paths, filesystem=fs, read_options=pacsv.ReadOptions(column_names=columns),
-                               convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
-                               arrow_open_stream_args={"compression": "gzip"})
-        url_encoded = True
-    elif fmt == "parquet":
-        ds = ray.data.read_parquet(paths, filesystem=fs)
-        url_encoded = False
-    else:
-        raise ValueError(f"S3 Inventory format {manifest.get('fileFormat')!r} is not supported: configure the "
-                         "inventory as CSV or Parquet")
-    return ds.map_batches(_normalize_inventory, fn_kwargs={"scheme": sch, "url_encoded": url_encoded}, batch_format="pyarrow")
-
-
-def _normalize_inventory(batch: pa.Table, scheme: str, url_encoded: bool) -> pa.Table:
-    cols = {}
-    for name in batch.column_names:  # Parquet uses snake_case, CSV the fileSchema's names
-        canon = _INVENTORY_FIELDS.get(name, name)
-        cols[canon] = batch.column(name).to_pylist()
-    n = batch.num_rows
-    keep = [True] * n
-    if "IsLatest" in cols:
-        keep = [k and str(v).lower() != "false" for k, v in zip(keep, cols["IsLatest"])]
-    if "IsDeleteMarker" in cols:
-        keep = [k and str(v).lower() != "true" for k, v in zip(keep, cols["IsDeleteMarker"])]
-    uris, versions = [], []
-    for i in range(n):
-        if not keep[i]:
-            continue
-        key = cols["Key"][i]
-        key = unquote_plus(key) if url_encoded else key
-        if key.endswith("/"):
-            continue  # folder placeholder objects
-        uris.append(f"{scheme}://{cols['Bucket'][i]}/{key}")
-        etag = cols.get("ETag", [None] * n)[i]
-        versions.append(str(etag).strip('"') if etag else f"{cols.get('Size', [''] * n)[i]}-{cols.get('LastModifiedDate', [''] * n)[i]}")
-    return _table(list(zip(uris, versions)))
 
 
 # ---------------------------------------------------------------------- tar archives
@@ -377,8 +317,8 @@ def detect_format(uri: str, fmt: str) -> str:
     if not fs.exists(path):
         raise FileNotFoundError(f"input {uri} does not exist")
     seen = []
-    for full, _, is_dir in _entries(uri, recursive=True):
-        seen.append(full.lower())
+    for entry in _entries(uri, recursive=True):
+        seen.append(entry.uri.lower())
         if len(seen) >= 1000:
             break  # a sample: the first page
     tars = any(s.endswith(".tar") for s in seen)
