@@ -6,6 +6,7 @@
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
     python jobs/benchmark.py stages --megapixels 1.2,4.3,12
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
+    python jobs/benchmark.py plan --keys 200000 --history-nights 365
     python jobs/benchmark.py train-epoch --workers 2 --train-rows 32 --val-rows 16
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
@@ -88,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     n = sub.add_parser("plan", parents=[common], help="driver peak RSS and seconds of planning a night (the --dry-run code) by key count")
     n.add_argument("--keys", default="250000,1000000,4000000", help="comma-separated key counts (default 250000,1000000,4000000)")
     n.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    n.add_argument("--history-nights", type=int, default=0,
+                   help="instead: the plan over a ledger of this many nights' files, before and after --compact-ledger "
+                        "(keys: the first of --keys)")
+    n.add_argument("--files-per-night", type=int, default=8, help="ledger files a night leaves (default 8)")
     return p.parse_args(argv)
 
 
@@ -152,6 +157,11 @@ def main(argv=None) -> int:
                                  args.epochs, args.batch_size)
         cols = ["epoch", "workers", "train_rows", "val_rows", "val_rows_read", "train_seconds", "val_seconds",
                 "train_images_per_s", "s_measure"]
+    elif args.mode == "plan" and args.history_nights:
+        from samadapter.plan_benchmark import bench_history
+
+        rows = bench_history(int(args.keys.split(",")[0]), args.history_nights, args.files_per_night, cpus=args.cpus)
+        cols = ["history_nights", "ledger_files", "compacted", "seconds", "driver_peak_rss_mib", "to_do"]
     elif args.mode == "plan":
         from samadapter.plan_benchmark import bench_plan
 

@@ -5,6 +5,11 @@ For each size N, a fresh process (its own peak RSS) generates a key list of N UR
 starts a local Ray, and runs the segment job's ``--dry-run`` on them (listing, the
 anti-join that gives tonight's work, and the dry run's semi-joins), through
 ``run_segmentation``. Reported: keys, seconds, driver peak RSS (MiB).
+
+With ``history_nights`` (``--history-nights 365``) the ledger is a year of nights instead:
+its rows spread over ``history_nights x files_per_night`` files, as a year of flushes of
+one fingerprint leaves them; the plan is timed before and after ``--compact-ledger``.
+Reported: history_nights, ledger_files, seconds, driver_peak_rss_mib, compacted.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ def _uris(start: int, stop: int, day: str, older_from: int = -1) -> pa.Array:
                      for k in range(start, stop)], pa.string())
 
 
-def make_inputs(folder: str, keys: int, fingerprint: str = "0123456789abcdef") -> Dict[str, str]:
-    """A key list of ``keys`` URIs and a ledger of as many rows (half overlapping)."""
+def make_inputs(folder: str, keys: int, fingerprint: str = "0123456789abcdef", ledger_files: int = 0) -> Dict[str, str]:
+    """A key list of ``keys`` URIs and a ledger of as many rows (half overlapping), in
+    ``ledger_files`` files (default: one per ``ROWS_PER_FILE`` rows)."""
     from .segment import layout
     from .segment.ledger import FILE_SCHEMA
 
@@ -42,8 +48,9 @@ def make_inputs(folder: str, keys: int, fingerprint: str = "0123456789abcdef") -
     ledger_dir = os.path.join(layout.ledger_dir(out), f"fingerprint={fingerprint}")
     os.makedirs(ledger_dir, exist_ok=True)
     half = keys // 2
-    for p, start in enumerate(range(0, keys, ROWS_PER_FILE)):
-        stop = min(keys, start + ROWS_PER_FILE)
+    per_file = -(-keys // ledger_files) if ledger_files else ROWS_PER_FILE
+    for p, start in enumerate(range(0, keys, per_file)):
+        stop = min(keys, start + per_file)
         n = stop - start
         # rows [0, half): tonight's first half of keys, done; rows [half, keys): an older night
         uris = _uris(start, stop, "d2", older_from=half)
@@ -68,12 +75,61 @@ print("PLAN " + json.dumps({"keys": args["keys"], "seconds": seconds, "plan": s.
 """
 
 
+_COMPACT = """
+import json, sys
+import ray
+ray.init(num_cpus=json.loads(sys.argv[1])["cpus"], include_dashboard=False, log_to_driver=False)
+from samadapter.segment.run import compact_ledger
+print("COMPACTED " + json.dumps(compact_ledger(json.loads(sys.argv[1])["output"])))
+"""
+
+
+def _child(script: str, args: dict, env: dict, tag: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True, env=env)
+    lines = [line for line in r.stdout.splitlines() if line.startswith(tag + " ")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"plan benchmark failed ({tag}, exit {r.returncode}): {r.stderr[-3000:]}")
+    return json.loads(lines[-1][len(tag) + 1:])
+
+
+def _env() -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+
+
+def _ledger_file_count(output: str) -> int:
+    from .segment import compaction
+
+    return sum(len(files) for files in compaction.files_by_fingerprint(output).values())
+
+
+def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 2) -> List[dict]:
+    """The plan of a night over a year of ledger files, before and after compaction."""
+    from .modeling import build_model
+    from .train.runs import ADAPTER_FILE
+
+    env, rows = _env(), []
+    with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
+        adapter = os.path.join(tmp, ADAPTER_FILE)
+        build_model("tiny", img_size=64).save_adapter(adapter)
+        paths = make_inputs(os.path.join(tmp, "history"), keys, ledger_files=nights * files_per_night)
+        args = dict(paths, keys=keys, adapter=adapter, cpus=cpus)
+        for compacted in (False, True):
+            if compacted:
+                _child(_COMPACT, args, env, "COMPACTED")
+            files = _ledger_file_count(paths["output"])
+            row = _child(_CHILD, args, env, "PLAN")
+            rows.append({"history_nights": nights, "ledger_files": files, "seconds": row["seconds"],
+                         "driver_peak_rss_mib": row["driver_peak_rss_mib"], "compacted": compacted,
+                         "to_do": row["plan"]["to do tonight"]})
+    return rows
+
+
 def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
     from .modeling import build_model
     from .train.runs import ADAPTER_FILE
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env = _env()
     rows = []
     with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
         adapter = os.path.join(tmp, ADAPTER_FILE)
@@ -82,11 +138,7 @@ def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
             folder = os.path.join(tmp, f"n{n}")
             paths = make_inputs(folder, n)
             args = dict(paths, keys=n, adapter=adapter, cpus=cpus)
-            r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env)
-            lines = [line for line in r.stdout.splitlines() if line.startswith("PLAN ")]
-            if r.returncode != 0 or not lines:
-                raise RuntimeError(f"plan benchmark failed at {n} keys (exit {r.returncode}): {r.stderr[-3000:]}")
-            row = json.loads(lines[-1][5:])
+            row = _child(_CHILD, args, env, "PLAN")
             plan = row.pop("plan")
             row["to_do"] = plan["to do tonight"]
             row["done"] = plan["done by this model"] + plan["done by other models only (--backfill redoes them)"]

@@ -129,6 +129,18 @@ def test_plan_mode(tmp_path):
         assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_plan_mode_over_a_history_of_nights_before_and_after_compaction(tmp_path):
+    data = _run(tmp_path, "plan", "--keys", "2000", "--history-nights", "10", "--files-per-night", "3", timeout=480,
+                head="| history_nights |")
+    before, after = data["results"]
+    assert (before["compacted"], after["compacted"]) == (False, True)
+    assert before["ledger_files"] == 30 and after["ledger_files"] == 1
+    assert before["to_do"] == after["to_do"] == 1000  # the same plan from fewer files
+    assert before["driver_peak_rss_mib"] > 0 and after["seconds"] > 0
+
+
 @pytest.mark.timeout(120)
 def test_stages_mode_reports_each_stage_per_photo_size(tmp_path):
     data = _run(tmp_path, "stages", "--megapixels", "0.3,1.2", "--repeats", "1", head="| megapixels |")
