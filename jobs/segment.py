@@ -11,6 +11,7 @@ pool is sized by what the cluster can scale to, and its nodes are requested at o
         --checkpoint s3://bucket/runs/cod10k-vit-h --sam-checkpoint s3://bucket/sam_vit_h_4b8939.pth
     ... --input-list s3://inventory/bucket/daily/2026-11-29T01-00Z/manifest.json   (S3 Inventory)
     ... --dry-run      (plan only: listed, done, known failures, to do; no model is built)
+    python jobs/segment.py --compact-ledger --output s3://bucket/masks/   (the ledger's files into a few)
 
 Inputs: a prefix of images (listed by parallel Ray tasks), a prefix of .tar archives, a
 Parquet dataset from jobs/prepare_data.py (--split), or --input-list: a Parquet/CSV key
@@ -24,9 +25,12 @@ extension are decoded if their content is an image.
 
 A night processes inputs that no model has segmented yet (same object version) and does
 not retry permanent failures (bad image files): --backfill redoes inputs that only older
-models segmented, --retry-failed retries failures, --force redoes everything. The exit
-status is 1 when more than --max-failed-fraction of tonight's inputs failed or every one
-failed, 0 on a night with nothing new, 2 for a usage error.
+models segmented, --retry-failed retries failures, --force redoes everything. A ledger
+file that cannot be read is moved to ledger/_quarantine/ (named in a warning) and its
+inputs are redone.
+
+Exit statuses:
+{statuses}
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import os
 import sys
 
 from samadapter.cli import add_config_arguments, config_from_args, doc_parser, guarded
-from samadapter.segment.run import SegmentConfig
+from samadapter.segment.run import EXIT_STATUSES, SegmentConfig
+
+__doc__ = __doc__.format(statuses="\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_STATUSES.items()))
 
 DEFAULT_RUN = os.path.join("runs", "local-tiny")
 DEFAULT_OUTPUT = os.path.join("outputs", "segment-local-tiny")
@@ -57,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.compact_ledger:
+        return _compact(args)
     embedded = args.input is None and args.input_list is None and args.checkpoint is None
     if args.input is None and args.input_list is None:
         from samadapter.data.records import DATASET_INFO_FILE
@@ -85,10 +93,13 @@ def main(argv=None) -> int:
         return 2
 
     from samadapter.modeling.weights import CheckpointError
-    from samadapter.segment.run import run_segmentation, summary_lines
+    from samadapter.segment.lease import LeaseHeld
+    from samadapter.segment.run import (LEASE_STATUS, MODEL_START_STATUS, STORAGE_STATUS, ModelStartError,
+                                        run_segmentation, summary_lines)
 
     s, status = guarded(lambda: run_segmentation(cfg, progress=not args.no_progress),
-                        (FileNotFoundError, CheckpointError, ValueError))
+                        (FileNotFoundError, CheckpointError, ValueError), storage_status=STORAGE_STATUS,
+                        own_errors={ModelStartError: MODEL_START_STATUS, LeaseHeld: LEASE_STATUS})
     if status is not None:
         return status
     print()
@@ -115,6 +126,25 @@ def main(argv=None) -> int:
               f"--max-failed-fraction {cfg.max_failed_fraction:.1%})", file=sys.stderr)
         return 1
     return 0
+
+def _compact(args) -> int:
+    from samadapter.segment.lease import LeaseHeld
+    from samadapter.segment.run import LEASE_STATUS, STORAGE_STATUS, compact_ledger
+
+    if not args.output:
+        print("error: --compact-ledger needs --output (the nightly's output prefix)", file=sys.stderr)
+        return 2
+    done, status = guarded(lambda: compact_ledger(args.output, args.wait_for_lease, args.lease_timeout_minutes),
+                           (FileNotFoundError, ValueError), storage_status=STORAGE_STATUS,
+                           own_errors={LeaseHeld: LEASE_STATUS})
+    if status is not None:
+        return status
+    for fp, n in sorted(done.items()):
+        print(f"fingerprint={fp}: {n} ledger files compacted")
+    if not done:
+        print(f"nothing to compact under {args.output}/ledger/")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

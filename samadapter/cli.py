@@ -29,21 +29,28 @@ def storage_error(exc: BaseException) -> bool:
     return True
 
 
-def guarded(work, user_errors=()):
-    """Run ``work()`` the way every job ends: ``(result, None)``, or ``(None, 2)`` after one
-    line on stderr for an input error (``user_errors``) or an object-storage problem
-    (``storage_error``). Anything else propagates with its traceback."""
+def guarded(work, user_errors=(), storage_status: int = 2, own_errors=None):
+    """Run ``work()`` the way every job ends: ``(result, None)``, or ``(None, status)`` after
+    one line on stderr: 2 for an input error (``user_errors``), ``storage_status`` for an
+    object-storage problem (``storage_error``), and for an exception of a type in
+    ``own_errors`` (a dict: type -> status) that status. Anything else propagates with its
+    traceback."""
     import sys
 
+    own_errors = own_errors or {}
     try:
         return work(), None
+    except tuple(own_errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, next(status for kind, status in own_errors.items() if isinstance(exc, kind))
     except tuple(user_errors) as exc:
-        if not storage_error(exc):
-            print(f"error: {exc}", file=sys.stderr)
+        if storage_error(exc):
+            return None, storage_status
+        print(f"error: {exc}", file=sys.stderr)
         return None, 2
     except Exception as exc:  # noqa: BLE001 - object storage problems are one line, anything else a traceback
         if storage_error(exc):
-            return None, 2
+            return None, storage_status
         raise
 
 

@@ -74,7 +74,6 @@ def standing_resource_request() -> List[Dict[str, float]]:
     from ray.autoscaler.v2.utils import is_autoscaler_v2
 
     if is_autoscaler_v2(fetch_from_server=True):
-        from ray._private.state import state  # noqa: F401 - connects the GCS client
         from ray.autoscaler.v2.sdk import get_cluster_resource_state
         from ray.experimental.internal_kv import internal_kv_get_gcs_client
 

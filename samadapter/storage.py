@@ -9,6 +9,7 @@ instance role, never from arguments that end up in configs or logs.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import posixpath
@@ -20,6 +21,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 _S3_SCHEMES = ("s3", "s3a")
+S3_MAX_KEY_BYTES = 1024
 S3_RETRIES = {"max_attempts": 10, "mode": "adaptive"}  # botocore retry config, for reads, writes and listings
 
 
@@ -114,10 +116,15 @@ def write_bytes(uri: str, data: bytes) -> None:
 
     Local files go to a temporary name in the same folder and are renamed. S3 objects are
     one ``PutObject`` (never a multipart upload, whose failed part could leave a published
-    object wrong), with adaptive retries; S3 objects are limited to 5 GB this way.
+    object wrong), with adaptive retries; S3 objects are limited to 5 GB this way. A name
+    that cannot exist on the target (S3: a key over 1,024 bytes; locally: the OS's limits)
+    raises ``OSError(ENAMETOOLONG)``; the temporary name is short, so that whatever fits
+    under its final name can be written.
     """
     if scheme(uri) in _S3_SCHEMES:
         bucket, _, key = uri.split("://", 1)[1].partition("/")
+        if len(key.encode()) > S3_MAX_KEY_BYTES:
+            raise OSError(errno.ENAMETOOLONG, f"S3 keys are at most {S3_MAX_KEY_BYTES} bytes", uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         fs, path = fsspec_filesystem(uri)
         fs.invalidate_cache(path)  # s3fs caches listings and ETags; this write went around it
@@ -125,7 +132,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = fsspec_filesystem(uri)
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = posixpath.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        tmp = posixpath.join(os.path.dirname(path), f".{uuid.uuid4().hex[:16]}.tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -136,6 +143,23 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     with fs.open(path, "wb") as f:
         f.write(data)
+
+
+def move(src: str, dst: str) -> None:
+    """Move one object or file (S3: a server-side copy, then the delete)."""
+    if is_local(src):
+        os.makedirs(os.path.dirname(local_path(dst)) or ".", exist_ok=True)
+        os.replace(local_path(src), local_path(dst))
+        return
+    fs, path = fsspec_filesystem(src)
+    _, dst_path = fsspec_filesystem(dst)
+    fs.mv(path, dst_path)
+    fs.invalidate_cache()
+
+
+def size(uri: str) -> int:
+    fs, path = fsspec_filesystem(uri)
+    return int(fs.size(path))
 
 
 def remove_tree(uri: str) -> None:

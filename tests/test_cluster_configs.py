@@ -459,14 +459,17 @@ def _s3_statements(policy, action):
 @pytest.mark.parametrize("name", ["head-policy.json", "worker-policy.json"])
 def test_s3_writes_only_under_the_jobs_output_and_run_prefixes(name):
     """Inputs, SAM weights, datasets and checkpoints of other runs cannot be overwritten;
-    Ray Train may delete old checkpoints (num_to_keep) under the runs prefix only."""
+    deletes: Ray Train's old checkpoints (num_to_keep) under the runs prefix, the nightly's
+    unreadable ledger files (moved aside: copy, then delete) and its lease."""
     policy = _policy(name)
     _, segment = _check_nightly(_one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"])
     written = {segment.output, _rayjob_storage() + "/"}
     allowed = {r for s in _s3_statements(policy, "s3:PutObject") for r in _list(s["Resource"])}
     assert allowed == {"arn:aws:s3:::" + p[len("s3://"):] + "*" for p in written}
     deletes = {r for s in _s3_statements(policy, "s3:DeleteObject") for r in _list(s["Resource"])}
-    assert deletes == {"arn:aws:s3:::" + _rayjob_storage()[len("s3://"):] + "/*"}
+    output = "arn:aws:s3:::" + segment.output[len("s3://"):]
+    assert deletes == {"arn:aws:s3:::" + _rayjob_storage()[len("s3://"):] + "/*", output + "ledger/*",
+                       output + "_lease.json"}
     assert not any(r.endswith(":::CHANGE_BUCKET/*") for s in _s3_statements(policy, "s3:PutObject") for r in _list(s["Resource"]))
 
 

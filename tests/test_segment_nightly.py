@@ -183,8 +183,10 @@ def test_dry_run_builds_no_model(ray_local, adapter, tmp_path):
 
 
 def test_killed_driver_then_rerun(tmp_path):
-    """The driver is killed mid-run; the rerun redoes only what the ledger does not have,
-    and every input ends with exactly one ok row."""
+    """The driver is killed mid-run; the ledger was flushed by time (one file would hold
+    every row of this small night), so what finished more than a flush (and a block) before
+    the kill is recorded; the rerun redoes only what the ledger does not have, and every
+    input ends with exactly one ok row."""
     folder = tmp_path / "in"
     folder.mkdir()
     n = 120
@@ -198,17 +200,21 @@ def test_killed_driver_then_rerun(tmp_path):
     try:
         env = dict(head.env, RAY_ADDRESS=head.gcs_address, PYTHONPATH=ROOT)
         cmd = [sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", str(folder), "--output", str(out),
-               "--checkpoint", adapter, "--batch-size", "1", "--ledger-rows-per-file", "4", "--no-progress"]
+               "--checkpoint", adapter, "--batch-size", "1", "--ledger-flush-seconds", "1",
+               "--lease-timeout-minutes", "0.05", "--no-progress"]  # the killed run's lease: taken over after 3 s
         driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         ledger = out / "ledger"
         deadline = time.monotonic() + 240
+        masks = out / "masks"
         while time.monotonic() < deadline and driver.poll() is None:
-            if ledger.exists() and any(ledger.rglob("*.parquet")):
+            if ledger.exists() and any(ledger.rglob("*.parquet")) and masks.exists() and len(list(masks.rglob("*.png"))) >= 30:
                 break
             time.sleep(0.1)
         assert driver.poll() is None, "the run ended before it could be killed"
         os.killpg(driver.pid, signal.SIGKILL)
+        killed_at = time.time()
         driver.wait()
+        settled = [p for p in masks.rglob("*.png") if p.stat().st_mtime < killed_at - 10]
         before, stable = [], 0
         while stable < 3:  # tasks of the dead driver are cancelled; wait until nothing more lands
             time.sleep(1)
@@ -216,7 +222,9 @@ def test_killed_driver_then_rerun(tmp_path):
             stable = stable + 1 if len(now) == len(before) else 0
             before = now
         assert 0 < len(before) < n
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        recorded = {r["output_key"] for r in before}
+        assert all(str(p.relative_to(out)) in recorded for p in settled)  # at most a flush (+ a block) lost
+        r = subprocess.run(cmd + ["--wait-for-lease"], env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         rows = _rows(str(out))
         ok = [r["uri"] for r in rows if r["status"] == "ok"]

@@ -63,7 +63,9 @@ def test_train_without_credentials_is_one_line_and_status_2(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_segment_on_a_missing_bucket_is_one_line_and_status_2(s3_server, ray_local, tmp_path, capsys):
+def test_segment_on_a_missing_bucket_is_one_line_and_its_own_status(s3_server, ray_local, tmp_path, capsys):
+    from samadapter.segment.run import STORAGE_STATUS
+
     from .conftest import tiny_adapter_and_images
 
     adapter, _ = tiny_adapter_and_images(tmp_path, 1)
@@ -71,5 +73,5 @@ def test_segment_on_a_missing_bucket_is_one_line_and_status_2(s3_server, ray_loc
                                  "--checkpoint", adapter, "--no-progress"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1 and "s3://no-such-bucket/images" in errors[0], err[-2000:]
+    assert code == STORAGE_STATUS and len(errors) == 1 and "s3://no-such-bucket/images" in errors[0], err[-2000:]
     assert "Traceback" not in err

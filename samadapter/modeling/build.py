@@ -135,3 +135,32 @@ def build_from_adapter(adapter_checkpoint: str, sam_checkpoint: Optional[str] = 
     sam_path = storage.local_copy(sam_checkpoint) if sam_checkpoint else None
     return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_checkpoint, attention=attention,
                        **config).eval()
+
+
+def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None) -> dict:
+    """Open and check what ``build_from_adapter`` would load, without building the model's
+    weights (the model is laid out on the ``meta`` device) or unpickling anything but
+    tensors: the adapter's format and architecture, and the SAM weights' keys and shapes
+    against that architecture. What jobs call before they start Ray work; a
+    ``CheckpointError`` names the file. Returns the adapter's architecture config."""
+    import json
+
+    import torch
+
+    from .. import storage
+    from . import weights
+
+    _, meta = weights.read_adapter(adapter_checkpoint)
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, ValueError) as exc:
+        raise weights.CheckpointError(f"{adapter_checkpoint}: no architecture in its metadata ({exc})") from None
+    if sam_checkpoint:
+        if not storage.exists(sam_checkpoint):
+            raise weights.CheckpointError(f"{sam_checkpoint}: no such file (--sam-checkpoint)")
+        arch = dict(config)
+        name = arch.pop("name")
+        with torch.device("meta"):
+            model = build_from_config(arch_config(name, **arch))
+        weights.check_sam_checkpoint(model, sam_checkpoint, storage.local_copy(sam_checkpoint))
+    return config

@@ -62,13 +62,17 @@ def load_state_dict(uri: str) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for forbidden globals, RuntimeError, ...
-        raise CheckpointError(
-            f"{uri}: refused to load: it is not a plain tensor checkpoint readable with "
-            f"weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            "Checkpoints that need arbitrary unpickling could run code and are never loaded; "
-            "re-save the weights as a plain state dict or as .safetensors."
-        ) from None
+        raise _refused(uri, exc) from None
     return _unwrap(obj, uri)
+
+
+def _refused(uri: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{uri}: refused to load: it is not a plain tensor checkpoint readable with "
+        f"weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        "Checkpoints that need arbitrary unpickling could run code and are never loaded; "
+        "re-save the weights as a plain state dict or as .safetensors."
+    )
 
 
 # ------------------------------------------------------------ official SAM files
@@ -140,7 +144,13 @@ def load_sam_checkpoint(model: SamAdapter, uri: str) -> None:
     parameters; an unexpected key or a shape mismatch raises :class:`CheckpointError`
     naming the key and the arch that fits.
     """
-    sd = dict(load_state_dict(uri))
+    sd, prompt_keys = _sam_state(model, load_state_dict(uri), uri)
+    _load_exact(model, sd, prompt_keys, uri)
+
+
+def _sam_state(model: SamAdapter, sd: Dict[str, torch.Tensor], uri: str):
+    """(the file's tensors to load, the keys left to the adapter) after every check."""
+    sd = dict(sd)
     for key in _IGNORED_SAM_KEYS:
         sd.pop(key, None)
     prompt_keys = {k for k in model.state_dict() if k.startswith(_PROMPT_PREFIX)}
@@ -151,7 +161,31 @@ def load_sam_checkpoint(model: SamAdapter, uri: str) -> None:
             "Use adapter_checkpoint= for adapter files or reference_checkpoint= for the reference implementation's"
         )
     _check_keys(model, sd, uri, allowed_missing=prompt_keys)
-    _load_exact(model, sd, prompt_keys, uri)
+    return sd, prompt_keys
+
+
+def check_sam_checkpoint(model: SamAdapter, uri: str, path: str) -> None:
+    """Check official SAM weights against ``model`` (which may live on the ``meta``
+    device) without loading the tensors' data: the file (a local copy at ``path``) is
+    memory-mapped, read with ``weights_only=True`` (nothing in it is unpickled but
+    tensors), and its keys and shapes compared; a ``CheckpointError`` names ``uri``."""
+    if not str(uri).endswith(".safetensors"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # an old-format file cannot be mapped: read it whole
+                raise _refused(uri, exc) from None
+            _sam_state(model, load_state_dict(uri), uri)
+            return
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError for forbidden globals, ...
+            raise _refused(uri, exc) from None
+        _sam_state(model, _unwrap(obj, uri), uri)
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    _sam_state(model, {k: torch.empty(v, device="meta") for k, v in shapes.items()}, uri)
 
 
 # -------------------------------------------------------------- adapter files
@@ -193,7 +227,11 @@ def read_safetensors_metadata(data: bytes) -> Dict[str, str]:
 def read_adapter(uri: str):
     """(tensors, metadata) of an adapter checkpoint, validated for format."""
     data = storage.read_bytes(uri)
-    meta = read_safetensors_metadata(data)
+    try:
+        meta = read_safetensors_metadata(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{uri}: {exc}; an adapter checkpoint is a .safetensors file written by "
+                              "jobs/train.py") from None
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(
             f"{uri}: not a samadapter adapter checkpoint (metadata format={meta.get('format')!r}); "

@@ -11,6 +11,11 @@ the input's full name kept, so no two inputs ever share an output::
     overlays/<relative key>.png     image | overlay, side by side (--overlays)
     ledger/fingerprint=<fp>/run-<run id>-<part uuid>.parquet
                                     one row per input and model (see ``ledger.py``)
+    ledger/_quarantine/fingerprint=<fp>/...
+                                    ledger files that could not be read, moved aside
+    ledger/_compaction/<id>/...     a compaction's new files and, once committed, its manifest
+                                    (``compaction.py``)
+    _lease.json                     the running night's lease (``lease.py``)
 
 ``images/2026-11-28/cam0/a.jpg`` and ``images/2026-11-29/cam0/a.jpg`` land at different
 masks; so do ``c.jpg`` and ``c.png`` side by side (``masks/c.jpg.png``, ``masks/c.png.png``).
@@ -27,6 +32,8 @@ from typing import Optional
 from .. import storage
 
 MASKS, PROBS, OVERLAYS, LEDGER = "masks", "probs", "overlays", "ledger"
+QUARANTINE = "_quarantine"
+COMPACTION, COMPACTION_MANIFEST = "_compaction", "manifest.json"
 OUTPUT_KINDS = (MASKS, PROBS, OVERLAYS)
 
 
@@ -76,6 +83,15 @@ def ledger_dir(output: str) -> str:
 def ledger_part(output: str, fingerprint: str, run_id: str, part: str) -> str:
     """One ledger file, written whole by one worker."""
     return storage.join(ledger_dir(output), f"fingerprint={fingerprint}", f"run-{run_id}-{part}.parquet")
+
+
+def lease(output: str) -> str:
+    return storage.join(output, "_lease.json")
+
+
+def ledger_quarantine(output: str, relative: str) -> str:
+    """Where an unreadable ledger file (``relative`` to the ledger folder) is moved."""
+    return storage.join(ledger_dir(output), QUARANTINE, relative)
 
 
 def key_upper_bound(prefix: str) -> str:

@@ -22,13 +22,6 @@ def model_fingerprint(adapter_bytes: bytes, threshold: float, resize_mode: str) 
     return h.hexdigest()[:16]
 
 
-def adapter_arch(adapter_bytes: bytes) -> Dict:
-    """The architecture config stored in an adapter file's metadata (``name``, ``img_size``, ...)."""
-    from ..modeling.weights import read_safetensors_metadata
-
-    return json.loads(read_safetensors_metadata(adapter_bytes)["config"])
-
-
 def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.ndarray:
     """B x S x S x 3 uint8 model inputs -> B x S/4 x S/4 float16 low-resolution logits
     (clamped to float16's range; 128 KiB an image at S = 1024): pinned host memory and a

@@ -27,7 +27,8 @@ from typing import Dict, Optional
 from .. import storage
 from ..data.transforms import OK
 from . import layout, ledger
-from .listing import dataset_rows, detect_format, expand_archives, list_prefix, read_key_list, to_input_rows
+from .keylists import read_key_list
+from .listing import dataset_rows, detect_format, expand_archives, list_prefix, to_input_rows
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _select(batch, keep):
 
 
 def _done_filter(fingerprint: str, modes: Modes):
-    final = [ledger.SKIPPED, ledger.UNSAFE_KEY] + ([] if modes.retry_failed else list(ledger.DECODE_FAILURES))
+    final = [ledger.SKIPPED, ledger.UNSAFE_KEY] + ([] if modes.retry_failed else list(ledger.DECODE_FAILURES) + [ledger.NAME_TOO_LONG])
 
     def keep(b, pc):
         ok = pc.equal(b.column("status"), OK)
@@ -105,9 +106,10 @@ def _arr(values):
     return pa.array(values, pa.string())
 
 
-def ledger_rows(output: str, uri_prefix: Optional[str], keep):
-    """(uri, version) of the ledger rows that ``keep(batch, pc)`` selects, or None."""
-    ds = ledger.read_ledger(output, ["uri", "version", "status", "fingerprint"], uri_prefix)
+def ledger_rows(output: str, uri_prefix: Optional[str], keep, files):
+    """(uri, version) of the ledger rows that ``keep(batch, pc)`` selects, or None.
+    ``files``: ``ledger.check_ledger``'s readable files."""
+    ds = ledger.read_ledger(output, ["uri", "version", "status", "fingerprint"], uri_prefix, files)
     if ds is None:
         return None
     return ds.map_batches(_select, fn_kwargs={"keep": keep}, batch_format="pyarrow")
@@ -133,6 +135,11 @@ class NightPlan:
     todo: int
     format: str
     uri_prefix: Optional[str]
+    ledger_files: Optional[ledger.LedgerFiles] = None  # None: no ledger yet, or --force (not read)
+
+    @property
+    def quarantined(self) -> list:
+        return self.ledger_files.quarantined if self.ledger_files else []
 
     def status_counts(self) -> Dict[str, int]:
         """Input rows by their listing status (pending, sniff, skipped, unsafe_key)."""
@@ -149,13 +156,15 @@ def _status_counts(batch):
     return pa.table({"status": counts.column("status"), "count": counts.column("status_count")})
 
 
-def plan_night(input_uri, input_list, input_root, input_format, split, output: str, fingerprint: str, modes: Modes) -> NightPlan:
+def plan_night(input_uri, input_list, input_root, input_format, split, output: str, fingerprint: str, modes: Modes,
+               dry_run: bool = False) -> NightPlan:
     rows, prefix, fmt = input_rows(input_uri, input_list, input_root, input_format, split)
     listed_ds = rows.materialize()
     listed = listed_ds.count()
-    done = None if modes.force else ledger_rows(output, prefix, _done_filter(fingerprint, modes))
+    files = None if modes.force else ledger.check_ledger(output, quarantine=not dry_run)
+    done = None if files is None else ledger_rows(output, prefix, _done_filter(fingerprint, modes), files)
     todo_ds = anti_join(listed_ds, done, listed).materialize() if listed else listed_ds
-    return NightPlan(listed_ds, todo_ds, listed, todo_ds.count(), fmt, prefix)
+    return NightPlan(listed_ds, todo_ds, listed, todo_ds.count(), fmt, prefix, files)
 
 
 def breakdown(plan: NightPlan, output: str, fingerprint: str) -> Dict[str, int]:
@@ -166,10 +175,12 @@ def breakdown(plan: NightPlan, output: str, fingerprint: str) -> Dict[str, int]:
         return lambda b, pc: pc.and_(pc.equal(b.column("status"), OK), pc.equal(b.column("fingerprint"), fp)) if fp else pc.equal(b.column("status"), OK)
 
     n = plan.listed
-    ok_this = ledger_rows(output, plan.uri_prefix, ok_of(fingerprint))
-    ok_any = ledger_rows(output, plan.uri_prefix, ok_of(None))
+    files = plan.ledger_files if plan.ledger_files is not None else ledger.check_ledger(output, quarantine=False)
+    ok_this = ledger_rows(output, plan.uri_prefix, ok_of(fingerprint), files)
+    ok_any = ledger_rows(output, plan.uri_prefix, ok_of(None), files)
     failed = ledger_rows(output, plan.uri_prefix,
-                         lambda b, pc: pc.is_in(b.column("status"), value_set=pa.array(list(ledger.PERMANENT_FAILURES), pa.string())))
+                         lambda b, pc: pc.is_in(b.column("status"), value_set=pa.array(list(ledger.PERMANENT_FAILURES), pa.string())),
+                         files)
     done_this = semi_count(plan.listed_ds, ok_this, n)
     done_any = semi_count(plan.listed_ds, ok_any, n)
     not_ok = anti_join(plan.listed_ds, ok_any, n)
@@ -182,5 +193,7 @@ def breakdown(plan: NightPlan, output: str, fingerprint: str) -> Dict[str, int]:
         "done by this model": done_this,
         "done by other models only (--backfill redoes them)": done_any - done_this,
         "known failures (--retry-failed retries them)": known_failures,
+        "unreadable ledger files (a run moves them to ledger/_quarantine/ and redoes their inputs)":
+            len(files.quarantined) if files else 0,
         "to do tonight": plan.todo,
     }

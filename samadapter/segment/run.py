@@ -3,9 +3,10 @@
 inputs (``listing``) -> anti-join with the ledger (``plan``) -> read (I/O tasks) ->
 decode (half-CPU tasks) -> ``model.Segmenter`` actors (one frozen encoder + adapter each,
 ``ActorPoolStrategy``, GPUs per ``resources``) -> postprocess (half-CPU tasks: masks
-written) -> ledger files written by the workers (``ledger.write_ledger_stage``). The
-driver holds the plan's counts and a few counts per ledger file; nothing grows with the
-number of inputs. Layout of the outputs: ``layout.py``.
+written) -> result rows (~200 bytes an input) streamed to the driver, whose
+``ledger.LedgerWriter`` writes them as ledger files by rows and by time. The driver holds
+the plan's counts and at most one ledger file's rows; nothing grows with the number of
+inputs. Layout of the outputs: ``layout.py``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .. import storage
 from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
+from ..modeling.build import check_checkpoints
 from ..train import runs
-from . import ledger, model, plan, resources, stages
+from . import compaction, ledger, model, plan, resources, stages
+from .lease import Lease, LeaseHeld
 from .listing import INPUT_FORMATS
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,21 @@ def _opt(default, help: str, group: str, **meta):
 
 
 IO, NIGHT, MODEL = "inputs and outputs", "what a night does", "model and resources"
+
+# The segment job's exit statuses (jobs/segment.py --help lists them).
+EXIT_STATUSES = {
+    0: "the night succeeded (or had nothing new to do)",
+    1: "too many of tonight's inputs failed (--max-failed-fraction), all of them failed, or none was listed",
+    2: "usage: a flag, an input or a checkpoint that cannot be used (named)",
+    3: "another run holds this output's lease (named: run, host, since); --wait-for-lease waits for it",
+    4: "object storage stopped the night: no credentials, access denied, no such bucket, endpoint down (named)",
+    5: "the model actors could not start: the same constructor error twice in a row (its last line)",
+}
+LEASE_STATUS, STORAGE_STATUS, MODEL_START_STATUS = 3, 4, 5
+
+
+class ModelStartError(RuntimeError):
+    """The model actors died while starting, twice in a row: a deterministic error."""
 
 
 @dataclass
@@ -58,6 +75,13 @@ class SegmentConfig:
     backfill: bool = _opt(False, "also redo inputs that only other (older) models segmented", NIGHT)
     retry_failed: bool = _opt(False, "retry inputs that failed permanently before (bad image files)", NIGHT)
     force: bool = _opt(False, "redo every input", NIGHT)
+    lease_timeout_minutes: float = _opt(10.0, "take over an output's lease not renewed for this long (its run was "
+                                              "killed)", NIGHT)
+    wait_for_lease: bool = _opt(False, "wait for another run of this output to end instead of exiting 3", NIGHT)
+    compact_ledger: bool = _opt(False, "only compact the ledger under --output (every fingerprint's files into a few "
+                                       "large files sorted by uri) and exit; needs no input or checkpoint", NIGHT)
+    compact_above_files: int = _opt(2000, "before a night, compact a fingerprint that has more ledger files than this",
+                                    NIGHT)
     max_failed_fraction: float = _opt(0.01, "exit 1 above this fraction of failures among tonight's inputs", NIGHT)
     device: str = _opt("auto", "auto: GPUs wherever the cluster has or can scale up GPUs, else CPU; cpu: CPUs on purpose",
                        MODEL, choices=resources.DEVICES)
@@ -71,8 +95,9 @@ class SegmentConfig:
     gpu_wait_minutes: float = _opt(20.0, "fail if the first GPU nodes are not up after this long", MODEL)
     batch_size: int = _opt(4, "images per model call", MODEL)
     read_batch_size: int = _opt(16, "objects per read task batch", MODEL)
-    ledger_rows_per_file: int = _opt(20_000, "ledger rows per Parquet file written by the workers (a killed run "
-                                             "redoes at most this many per writer)", MODEL)
+    ledger_rows_per_file: int = _opt(20_000, "ledger rows per Parquet file at most", MODEL)
+    ledger_flush_seconds: float = _opt(60.0, "write the ledger's waiting rows at least this often (a killed run "
+                                             "redoes at most this much work)", MODEL)
     threshold: float = _opt(0.5, "probability threshold of the masks", MODEL)
     resize_mode: str = _opt("squash", "how images are fitted to the model input (as trained)", MODEL, choices=RESIZE_MODES)
     bf16: Optional[bool] = _opt(None, "bf16 autocast in the actors (default: on with CUDA)", MODEL)
@@ -82,6 +107,10 @@ class SegmentConfig:
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "images with more pixels are a too_many_pixels row, not decoded", MODEL)
 
     def __post_init__(self) -> None:
+        if self.compact_above_files < 1:
+            raise ValueError("--compact-above-files must be >= 1")
+        if self.compact_ledger:
+            return
         if (self.input is None) == (self.input_list is None):
             raise ValueError("give exactly one of --input (a prefix or dataset) and --input-list (a key list)")
         if self.resize_mode not in RESIZE_MODES:
@@ -90,6 +119,8 @@ class SegmentConfig:
             raise ValueError(f"--device {self.device!r}: choose one of {list(resources.DEVICES)}")
         if self.batch_size < 1 or self.read_batch_size < 1 or self.ledger_rows_per_file < 1:
             raise ValueError("--batch-size, read batch size and ledger rows per file must be >= 1")
+        if self.ledger_flush_seconds <= 0 or self.lease_timeout_minutes <= 0:
+            raise ValueError("--ledger-flush-seconds and --lease-timeout-minutes must be > 0")
         if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
             raise ValueError("--min-actors must be >= 1 and --max-actors >= --min-actors")
         if not 0 <= self.max_failed_fraction <= 1:
@@ -113,6 +144,8 @@ class SegmentSummary:
     actors: str = ""  # how the pool was sized
     plan: Dict[str, int] = field(default_factory=dict)  # the dry run's breakdown
     first_output_s: Optional[float] = None  # when the first ledger file was written
+    quarantined: List[str] = field(default_factory=list)  # unreadable ledger files moved aside tonight
+    compacted: Dict[str, int] = field(default_factory=dict)  # ledger files compacted before the night, per fingerprint
     started_at: float = 0.0  # wall clock (time.time()) when planning began; ``seconds`` count from here
     planning_s: float = 0.0  # listing + anti-join with the ledger
 
@@ -158,19 +191,55 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
 
     adapter_uri = runs.resolve_adapter(cfg.checkpoint)
     adapter_bytes = storage.read_bytes(adapter_uri)
-    arch = model.adapter_arch(adapter_bytes)
+    # Both checkpoints opened and checked here, before any Ray work: a bad file is one line
+    # naming it (exit 2), not an actor that fails to start on every GPU node. A dry run
+    # builds no model: it needs only the adapter (the fingerprint).
+    arch = check_checkpoints(adapter_uri, None if cfg.dry_run else cfg.sam_checkpoint)
     fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    # A model actor whose constructor raises is not retried in place, and a second such
+    # death in a row (no actor started in between) fails the night with that error, instead
+    # of Ray Data's default of restarting it without end. A lost node is not an init death.
+    ctx.actor_init_retry_on_errors = False
+    ctx.max_consecutive_actor_init_deaths = 1
 
+    # One night at a time per output (a dry run only reads, and takes no lease).
+    held = None if cfg.dry_run else Lease(cfg.output, run_id, cfg.lease_timeout_minutes * 60, wait=cfg.wait_for_lease)
+    with held or contextlib.nullcontext():
+        return _night(cfg, adapter_uri, arch, fingerprint, run_id, held)
+
+
+def compact_ledger(output: str, wait_for_lease: bool = False, lease_timeout_minutes: float = 10.0) -> Dict[str, int]:
+    """``--compact-ledger``: under the output's lease, finish or remove interrupted
+    compactions, then compact every fingerprint with two or more files; returns the files
+    replaced per fingerprint."""
+    import ray
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-compact-" + uuid.uuid4().hex[:6]
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    with Lease(output, run_id, lease_timeout_minutes * 60, wait=wait_for_lease):
+        compaction.recover(output)
+        return dict(compaction.compact_where_needed(output, 1))
+
+
+def _night(cfg: SegmentConfig, adapter_uri: str, arch: dict, fingerprint: str, run_id: str, held) -> SegmentSummary:
     t0, started_at = time.perf_counter(), time.time()
+    compacted = {}
+    if held is not None:  # a writer: finish what a crash interrupted, keep the ledger's files few
+        compaction.recover(cfg.output)
+        compacted = dict(compaction.compact_where_needed(cfg.output, cfg.compact_above_files))
     modes = plan.Modes(force=cfg.force, backfill=cfg.backfill, retry_failed=cfg.retry_failed)
-    night = plan.plan_night(cfg.input, cfg.input_list, cfg.input_root, cfg.input_format, cfg.split, cfg.output, fingerprint, modes)
+    night = plan.plan_night(cfg.input, cfg.input_list, cfg.input_root, cfg.input_format, cfg.split, cfg.output,
+                            fingerprint, modes, dry_run=cfg.dry_run)
     summary = SegmentSummary(run_id, fingerprint, night.listed, night.todo, output=cfg.output, checkpoint=adapter_uri,
-                             started_at=started_at, planning_s=time.perf_counter() - t0)
+                             started_at=started_at, planning_s=time.perf_counter() - t0,
+                             quarantined=[src for src, _, _ in night.quarantined], compacted=compacted)
     log.info("planned in %.1f s: %d inputs listed, %d to do", summary.planning_s, night.listed, night.todo)
     if cfg.dry_run:
         summary.plan = plan.breakdown(night, cfg.output, fingerprint)
@@ -193,12 +262,14 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
             resources.wait_for_gpus(actors.gpus_per_actor * actors.min_actors, cfg.gpu_wait_minutes,
                                     refresh=lambda: resources.request_pool(actors, wanted),
                                     accelerator_type=actors.accelerator_type)
-        _run_pipeline(cfg, night, actors, wanted, adapter_uri, arch["name"], int(arch["img_size"]), fingerprint, run_id, summary, t0)
+        _run_pipeline(cfg, night, actors, wanted, adapter_uri, arch["name"], int(arch["img_size"]), fingerprint, run_id,
+                      summary, held)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, img_size, fingerprint, run_id, summary, t0) -> None:
+def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, img_size, fingerprint, run_id, summary,
+                  held) -> None:
     import ray.data
 
     # Blocks small enough to spread reads, decodes and model calls over every task and
@@ -234,25 +305,29 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, im
         # decode tasks (never a whole CPU free) and results would pile up.
         num_cpus=0.5,
     )
-    ds = ds.map_batches(
-        ledger.write_ledger_stage,
-        fn_kwargs={"output": cfg.output, "fingerprint": fingerprint, "checkpoint": adapter_uri, "run_id": run_id},
-        batch_size=cfg.ledger_rows_per_file, batch_format="pyarrow", num_cpus=0.25,
-    )
-    counts: Counter = Counter()
+    import ray.exceptions
+
+    writer = ledger.LedgerWriter(cfg.output, fingerprint, adapter_uri, run_id, cfg.ledger_rows_per_file,
+                                 cfg.ledger_flush_seconds)
     last_log = time.perf_counter()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = batch.to_pylist()
-        if rows and summary.first_output_s is None:
-            summary.first_output_s = time.perf_counter() - t0
-        for r in rows:
-            counts[r["status"]] += r["count"]
-        if time.perf_counter() - last_log > 30:
-            done = sum(counts.values())
-            log.info("ledger: %d of %d inputs recorded (%d ok, %d failed)", done, night.todo, counts.get(OK, 0),
-                     sum(v for k, v in counts.items() if k in ledger.FAILURES))
-            last_log = time.perf_counter()
-    summary.counts = dict(counts)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(batch)
+            if held is not None and held.lost:
+                raise LeaseHeld(f"{held.lost}: this run stops (what it finished is in the ledger)")
+            if time.perf_counter() - last_log > 30:
+                counts = writer.counts
+                log.info("ledger: %d of %d inputs recorded (%d ok, %d failed)", sum(counts.values()), night.todo,
+                         counts.get(OK, 0), sum(v for k, v in counts.items() if k in ledger.FAILURES))
+                last_log = time.perf_counter()
+    except ray.exceptions.ActorDiedError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModelStartError(f"the model actors could not start (twice in a row): {lines[-1] if lines else exc}") from None
+    finally:
+        writer.close()  # also when the run fails or is stopped: what is done is recorded
+        summary.counts = dict(writer.counts)
+        if writer.first_file_at is not None:
+            summary.first_output_s = writer.first_file_at - summary.started_at
 
 
 def summary_lines(s: SegmentSummary) -> List[str]:
@@ -264,6 +339,10 @@ def summary_lines(s: SegmentSummary) -> List[str]:
         return lines
     lines += [f"inputs listed        {s.listed}", f"already done         {s.listed - s.todo}", f"to do tonight        {s.todo}",
               f"planned in           {s.planning_s:.1f} s"]
+    if s.compacted:
+        lines.append(f"ledger compacted     {sum(s.compacted.values())} files of {len(s.compacted)} fingerprint(s)")
+    if s.quarantined:
+        lines.append(f"ledger files moved to ledger/_quarantine/ (unreadable; their inputs redone): {len(s.quarantined)}")
     if s.actors:
         lines.append(f"model actors         {s.actors}")
     if s.todo:

@@ -14,6 +14,7 @@ postprocess: -> 1-bit mask PNGs written; ledger rows (``ledger.add_row``)
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Dict, List, Optional, Tuple
@@ -164,6 +165,10 @@ def postprocess_stage(batch: Dict[str, np.ndarray], output: str, threshold: floa
                 if overlays:
                     overlay = _overlay(batch["data"][i], np.asarray(mask, dtype=bool))
                     storage.write_bytes(storage.join(output, layout.output_key(layout.OVERLAYS, rel)), encode_png(Image.fromarray(overlay)))
+            except OSError as exc:
+                # a name that cannot exist there is permanent; any other failure is retried
+                status = ledger.NAME_TOO_LONG if exc.errno == errno.ENAMETOOLONG else ledger.WRITE_ERROR
+                reason, out_key = f"{type(exc).__name__}: {exc}", ""
             except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
                 status, reason, out_key = ledger.WRITE_ERROR, f"{type(exc).__name__}: {exc}", ""
         ledger.add_row(cols, uri=str(uri), version=str(batch["version"][i]), status=status, reason=reason,
