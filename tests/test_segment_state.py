@@ -49,16 +49,16 @@ def _truncate(out, path):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_truncated_ledger_file_is_moved_aside_and_its_inputs_redone(ray_local, s3_server, tmp_path, where, caplog):
-    adapter, folder = tiny_adapter_and_images(tmp_path, 60, hw=(30, 40), seed=3)
+    adapter, folder = tiny_adapter_and_images(tmp_path, 30, hw=(30, 40), seed=3)
     if where == "local":
         inp, out = str(folder), str(tmp_path / "out")
     else:
         inp, out = f"s3://test-bucket/state-{os.getpid()}/in", f"s3://test-bucket/state-{os.getpid()}/out"
         for p in folder.iterdir():
             storage.write_bytes(f"{inp}/{p.name}", p.read_bytes())
-    cfg = dict(input=inp, output=out, checkpoint=adapter, ledger_rows_per_file=20)
+    cfg = dict(input=inp, output=out, checkpoint=adapter, ledger_rows_per_file=10)
     first = run_segmentation(SegmentConfig(**cfg), progress=False)
-    assert first.ok == 60
+    assert first.ok == 30
     files = _ledger_files(out)
     assert len(files) == 3
     bad = _truncate(out, files[1])
@@ -67,19 +67,19 @@ def test_a_truncated_ledger_file_is_moved_aside_and_its_inputs_redone(ray_local,
 
     dry = run_segmentation(SegmentConfig(**cfg, dry_run=True), progress=False)  # names it, moves nothing
     assert dry.plan["unreadable ledger files (a run moves them to ledger/_quarantine/ and redoes their inputs)"] == 1
-    assert dry.plan["to do tonight"] == 21  # the bad file's 20 inputs and the new one
+    assert dry.plan["to do tonight"] == 11  # the bad file's 10 inputs and the new one
     assert storage.exists(bad)
 
     with caplog.at_level(logging.WARNING, logger="samadapter.segment.ledger"):
         rerun = run_segmentation(SegmentConfig(**cfg), progress=False)
     (line,) = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage() and "moved to" in r.getMessage()]
     assert bad in line and "bytes" in line and "_quarantine" in line  # the URI, its size, the error, where it went
-    assert (rerun.todo, rerun.ok, rerun.quarantined) == (21, 21, [bad])
+    assert (rerun.todo, rerun.ok, rerun.quarantined) == (11, 11, [bad])
     moved = storage.list_files(storage.join(layout.ledger_dir(out), layout.QUARANTINE))
     assert len(moved) == 1 and moved[0].endswith(os.path.basename(bad))  # never deleted
     rows = read_ledger_table(out).to_pylist()
     expected = sorted({f"{inp}/{p.name}" for p in folder.iterdir()} | {new})
-    assert len(expected) == 61
+    assert len(expected) == 31
     assert sorted(r["uri"] for r in rows if r["status"] == "ok") == expected  # every input ok exactly once
     assert run_segmentation(SegmentConfig(**cfg), progress=False).todo == 0
 
@@ -271,3 +271,12 @@ def test_compact_ledger_command(ray_local, tmp_path, capsys):
 
     uris = pq.read_table(files[0]).column("uri").to_pylist()
     assert uris == sorted(uris)  # sorted by uri
+    # the next compaction reads only what nights wrote since: the compacted file stays as it is
+    (folder / "later.png").write_bytes(_png(30))
+    (folder / "later2.png").write_bytes(_png(31))
+    run_segmentation(SegmentConfig(input=str(folder), output=out, checkpoint=adapter, ledger_rows_per_file=1),
+                     progress=False)
+    assert main(["--compact-ledger", "--output", out]) == 0
+    assert "2 ledger files compacted" in capsys.readouterr().out
+    after = [p for p in (tmp_path / "out" / "ledger").rglob("*.parquet") if "_" not in p.parent.name[:1]]
+    assert files[0] in after and len(after) == 2 and sum(_ledger_multiset(out).values()) == 8

@@ -1,4 +1,5 @@
-"""Object-storage problems end a job with one line and exit status 2, not a traceback."""
+"""Object-storage problems end a job with one line and its status (2 for training; the
+segment job's own storage status), not a traceback; a missing input is a usage error (2)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,30 @@ def test_explain_names_the_problem_and_the_fix():
     assert explain(ValueError("bad --threshold")) is None and explain(FileNotFoundError("/x/adapter.safetensors")) is None
 
 
+def _no_credentials(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_ENDPOINT_URL="http://127.0.0.1:9")  # loopback only, never IMDS
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_segment_without_credentials_is_one_line_and_the_storage_status(tmp_path):
+    """The input's format is probed on the driver, after the local Ray has started."""
+    from samadapter.segment.run import STORAGE_STATUS
+
+    from .conftest import tiny_adapter_and_images
+
+    adapter, _ = tiny_adapter_and_images(tmp_path, 0)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", "s3://some-bucket/images/",
+                        "--output", str(tmp_path / "out"), "--checkpoint", adapter], env=_no_credentials(tmp_path),
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == STORAGE_STATUS == 4, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no credentials" in errors[0] and "Traceback" not in r.stderr
+
+
 def test_train_without_credentials_is_one_line_and_status_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
@@ -63,9 +88,7 @@ def test_train_without_credentials_is_one_line_and_status_2(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_segment_on_a_missing_bucket_is_one_line_and_its_own_status(s3_server, ray_local, tmp_path, capsys):
-    from samadapter.segment.run import STORAGE_STATUS
-
+def test_segment_on_a_missing_bucket_is_one_line_and_status_2(s3_server, ray_local, tmp_path, capsys):
     from .conftest import tiny_adapter_and_images
 
     adapter, _ = tiny_adapter_and_images(tmp_path, 1)
@@ -73,5 +96,5 @@ def test_segment_on_a_missing_bucket_is_one_line_and_its_own_status(s3_server, r
                                  "--checkpoint", adapter, "--no-progress"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == STORAGE_STATUS and len(errors) == 1 and "s3://no-such-bucket/images" in errors[0], err[-2000:]
+    assert code == 2 and len(errors) == 1 and "s3://no-such-bucket/images" in errors[0], err[-2000:]
     assert "Traceback" not in err

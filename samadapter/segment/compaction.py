@@ -10,7 +10,9 @@ a row or counting one twice:
 2. ``committed``: the manifest (``_compaction/<id>/manifest.json``: the old files and the
    new ones) is written whole. From here on readers (``ledger.visible_files``) use the new
    files, staged or moved, instead of the old ones;
-3. ``moved``: each new file is moved to ``fingerprint=<fp>/compacted-<id>-<name>``;
+3. ``moved``: each new file is moved to ``fingerprint=<fp>/compacted-<id>-<name>``
+   (compacted files are not compacted again: a compaction reads what the nights since the
+   last one wrote, not the year behind it);
 4. ``deleted``: the old files are deleted; then the manifest and its folder.
 
 ``recover`` finishes a committed compaction (steps 3-4) and removes an uncommitted one;
@@ -44,23 +46,29 @@ def _rel(base: str, path: str) -> str:
     return path[len(base):].lstrip("/")
 
 
-def files_by_fingerprint(output: str) -> Dict[str, List[str]]:
-    """The readable ledger files of each fingerprint (filesystem paths)."""
+COMPACTED = "compacted-"  # the name of a file a compaction wrote: not compacted again
+
+
+def files_by_fingerprint(output: str, only_small: bool = False) -> Dict[str, List[str]]:
+    """The readable ledger files of each fingerprint (filesystem paths); with ``only_small``
+    those no compaction wrote (a night's flushes)."""
     files = ledger.check_ledger(output, quarantine=False)
     found: Dict[str, List[str]] = {}
     for path in files.paths if files else []:
         fp = next((part.split("=", 1)[1] for part in path.split("/") if part.startswith("fingerprint=")), None)
-        if fp is not None:
+        if fp is not None and not (only_small and posixpath.basename(path).startswith(COMPACTED)):
             found.setdefault(fp, []).append(path)
     return found
 
 
 def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> int:
-    """Rewrite ``fingerprint``'s ledger files into files of at most ``rows_per_file`` rows
-    sorted by uri; returns the number of files replaced."""
+    """Rewrite ``fingerprint``'s nightly ledger files (not those of earlier compactions:
+    each compaction reads only what the nights since the last one wrote, never the whole
+    history) into files of at most ``rows_per_file`` rows sorted by uri; returns the number
+    of files replaced."""
     import ray.data
 
-    old = files_by_fingerprint(output).get(fingerprint, [])
+    old = files_by_fingerprint(output, only_small=True).get(fingerprint, [])
     if len(old) < 2:
         return 0
     ledger_uri = layout.ledger_dir(output)
@@ -77,7 +85,7 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     manifest = {
         "id": cid, "fingerprint": fingerprint,
         "old": [_rel(base, p) for p in old],
-        "new": [[_rel(base, p), f"fingerprint={fingerprint}/compacted-{cid}-{posixpath.basename(p)}"] for p in new],
+        "new": [[_rel(base, p), f"fingerprint={fingerprint}/{COMPACTED}{cid}-{posixpath.basename(p)}"] for p in new],
     }
     storage.write_bytes(storage.join(ledger_uri, layout.COMPACTION, cid, layout.COMPACTION_MANIFEST),
                         json.dumps(manifest).encode())
@@ -121,10 +129,10 @@ def recover(output: str) -> int:
 
 
 def compact_where_needed(output: str, above_files: int) -> Counter:
-    """Compact every fingerprint with more than ``above_files`` files (0: every one with
-    two or more); returns files replaced per fingerprint."""
+    """Compact every fingerprint with more than ``above_files`` nightly files (1: every one
+    with two or more); returns files replaced per fingerprint."""
     done: Counter = Counter()
-    for fp, files in files_by_fingerprint(output).items():
+    for fp, files in files_by_fingerprint(output, only_small=True).items():
         if len(files) > above_files:
             done[fp] = compact(output, fp)
     return done
