@@ -280,3 +280,39 @@ def test_compact_ledger_command(ray_local, tmp_path, capsys):
     assert "2 ledger files compacted" in capsys.readouterr().out
     after = [p for p in (tmp_path / "out" / "ledger").rglob("*.parquet") if "_" not in p.parent.name[:1]]
     assert files[0] in after and len(after) == 2 and sum(_ledger_multiset(out).values()) == 8
+
+
+def test_compaction_on_s3_with_a_crash_after_its_commit(ray_local, s3_server, monkeypatch):
+    """The same on moto's S3 (moves are a copy and a delete there): ledger files written as
+    a night's driver writes them, a compaction stopped after its manifest, readers, then
+    recovery."""
+    import pyarrow as pa
+
+    from samadapter.segment import compaction, ledger
+
+    out = f"s3://test-bucket/compaction-{os.getpid()}"
+    for night in range(4):
+        cols = ledger.empty_rows()
+        for i in range(3):
+            ledger.add_row(cols, uri=f"s3://in/{night}-{i}.png", version="v", status="ok", output_key=f"masks/{night}-{i}.png.png")
+        ledger.write_ledger_file(pa.table(cols), out, "f" * 16, "adapter", f"night{night}")
+    rows = _ledger_multiset(out)
+    assert sum(rows.values()) == 12
+
+    class Crash(Exception):
+        pass
+
+    def crash(at):
+        if at == "committed":
+            raise Crash(at)
+
+    monkeypatch.setattr(compaction, "_after", crash)
+    with pytest.raises(Crash):
+        compaction.compact(out, "f" * 16)
+    monkeypatch.setattr(compaction, "_after", lambda at: None)
+    assert _ledger_multiset(out) == rows  # the staged new files instead of the old ones
+    assert compaction.recover(out) == 1
+    assert _ledger_multiset(out) == rows
+    (files,) = compaction.files_by_fingerprint(out).values()
+    assert len(files) == 1 and "compacted-" in files[0]
+    assert not storage.list_files(f"{out}/ledger/_compaction")

@@ -79,7 +79,9 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     rows = ray.data.read_parquet(old, filesystem=fs).select_columns(list(ledger.FILE_SCHEMA.names))
     files = max(1, -(-rows.count() // rows_per_file))  # the count comes from the footers
     # sorted, then cut into `files` blocks in order (no shuffle): one file each
-    rows.sort("uri").repartition(files, shuffle=False).write_parquet(staging_path, filesystem=fs)
+    # (no folder object on S3: an empty "folder/" key would read as a compaction id "")
+    rows.sort("uri").repartition(files, shuffle=False).write_parquet(
+        staging_path, filesystem=fs, try_create_dir=storage.is_local(staging))
     _after("written")
     new = sorted(p for p in storage.list_files(staging) if p.endswith(".parquet"))
     manifest = {
@@ -117,8 +119,8 @@ def recover(output: str) -> int:
         return 0
     manifests = {m["id"]: m for m in ledger.compaction_manifests(output)}
     fs, base = storage.pyarrow_filesystem(root)
-    ids = {_rel(base, p).split("/", 1)[0] for p in storage.list_files(root)}
-    for cid in sorted(ids):
+    ids = {_rel(base, p).split("/", 1)[0] for p in storage.list_files(root)} - {""}  # "": a folder marker
+    for cid in sorted(ids, key=lambda c: c not in manifests):  # committed ones first
         if cid in manifests:
             log.warning("finishing an interrupted ledger compaction (%s)", cid)
             _finish(output, manifests[cid])
