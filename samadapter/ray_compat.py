@@ -85,3 +85,33 @@ def standing_resource_request() -> List[Dict[str, float]]:
 
     raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
     return json.loads(raw) if raw else []
+
+
+def autoscaler_command_line(status: dict) -> Optional[List[str]]:
+    """The autoscaler's command line (``monitor.py --autoscaling-config=...``) when it runs
+    on this node, from the pid in its status report; None elsewhere. Which config file the
+    autoscaler scales by is published nowhere: its report names only its pid."""
+    try:
+        with open(f"/proc/{int(status.get('monitor_pid'))}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except (OSError, TypeError, ValueError):
+        return None
+    return args if any(a.endswith("monitor.py") for a in args) else None
+
+
+def refresh_autoscaler_version() -> bool:
+    """Ask the GCS again which autoscaler (v1 or v2) the connected cluster runs. Ray caches
+    the answer per process, and ``request_resources`` sends to the cached one: a process
+    that was connected to another cluster before (a notebook, a test) would send its request
+    where nobody reads it. The SDK has no way to reset that cache."""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    return is_autoscaler_v2(fetch_from_server=True)
+
+
+def data_config_split_options(data_config, dataset_name: str):
+    """``(execution options, locality hints on?)`` that Ray Train's ``DataConfig`` gives
+    the datasets it splits, for a subclass that splits one more dataset its own way (the
+    validation set, ``equal=False``). ``DataConfig.configure`` is public; the two things it
+    applies per dataset are not."""
+    return data_config._resolve_execution_options(dataset_name), data_config._enable_shard_locality

@@ -36,3 +36,32 @@ def test_a_raycluster_as_the_autoscaler_reads_it():
     infer = config["available_node_types"]["gpu-infer"]
     assert infer["resources"]["GPU"] == 1 and infer["resources"]["accelerator_type:A10G"] == 1
     assert infer["max_workers"] == 8 and config["head_node_type"] == "headgroup"
+
+
+def test_the_autoscalers_command_line_only_from_a_monitor_process(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    monitor = tmp_path / "monitor.py"
+    monitor.write_text("import time\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(monitor), "--autoscaling-config=/tmp/x.yaml"])
+    try:
+        deadline = time.monotonic() + 10  # /proc shows the new command line once exec is done
+        while (args := ray_compat.autoscaler_command_line({"monitor_pid": proc.pid})) is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert args is not None and "--autoscaling-config=/tmp/x.yaml" in args
+        assert ray_compat.autoscaler_command_line({"monitor_pid": os.getpid()}) is None  # not a monitor
+        assert ray_compat.autoscaler_command_line({}) is None
+        assert ray_compat.autoscaler_command_line({"monitor_pid": 2**22 + 7}) is None  # no such process
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_what_ray_trains_data_config_applies_to_a_split_dataset():
+    from ray.train import DataConfig
+
+    options, locality = ray_compat.data_config_split_options(DataConfig(), "val")
+    assert type(options).__name__ == "ExecutionOptions" and locality in (True, False)

@@ -101,16 +101,6 @@ def _groups_in_autoscaler_config(path: str) -> List[GpuGroup]:
     return gpu_groups(config.get("available_node_types"), config.get("head_node_type"), config.get("max_workers", 0))
 
 
-def _monitor_args(pid) -> Optional[list]:
-    """The command line of the autoscaler process, when it runs on this node."""
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            args = f.read().decode(errors="replace").split("\0")
-    except (OSError, TypeError, ValueError):
-        return None
-    return args if any(a.endswith("monitor.py") for a in args) else None
-
-
 def gpus_up(accelerator_type: Optional[str] = None) -> float:
     """GPUs on live nodes now; with ``accelerator_type``, only on nodes of that type."""
     import ray
@@ -131,7 +121,7 @@ def view_from_groups(gpus_now: float, groups: List[GpuGroup], accelerator_type: 
 def cluster_view(accelerator_type: Optional[str] = None) -> ClusterView:
     """What GPUs the cluster has and can scale to; only node types of ``accelerator_type``
     count when one is given."""
-    from ..ray_compat import autoscaler_status, gcs_node_groups
+    from ..ray_compat import autoscaler_command_line, autoscaler_status, gcs_node_groups
 
     gpus_now = gpus_up(accelerator_type)
     groups = gpu_groups(gcs_node_groups() or {})
@@ -140,7 +130,7 @@ def cluster_view(accelerator_type: Optional[str] = None) -> ClusterView:
     status = autoscaler_status() or {}
     if not status.get("autoscaler_report"):
         return ClusterView(gpus_now, None, False, "GPUs up now")
-    args = _monitor_args(status.get("monitor_pid"))
+    args = autoscaler_command_line(status)
     if args is None:  # an autoscaler on another node or in another container: capacity unknown
         return ClusterView(gpus_now, None, True, "GPUs up now (the autoscaler runs elsewhere)")
     config = next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
@@ -219,11 +209,10 @@ def plan_actors(view: ClusterView, arch: str, device: str, gpus_per_actor: Optio
 def request_pool(plan: ActorPlan, actors: int) -> None:
     """Ask the autoscaler for ``actors`` model actors' resources at once (nodes boot in parallel)."""
     from ray.autoscaler.sdk import request_resources
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
 
-    # Ray caches which autoscaler a process talks to; a process that connected to another
-    # cluster before (a notebook, a test) would send the request where nobody reads it.
-    is_autoscaler_v2(fetch_from_server=True)
+    from ..ray_compat import refresh_autoscaler_version
+
+    refresh_autoscaler_version()
     request_resources(bundles=[plan.bundle() for _ in range(actors)])
 
 

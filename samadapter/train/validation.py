@@ -35,6 +35,8 @@ def train_data_config():
     must not do."""
     from ray.train import DataConfig
 
+    from ..ray_compat import data_config_split_options
+
     class TrainDataConfig(DataConfig):
         def __init__(self):
             super().__init__(datasets_to_split=[TRAIN])
@@ -46,8 +48,8 @@ def train_data_config():
                 ds = datasets[VAL].copy(datasets[VAL])
                 if ds.name is None:
                     ds.set_name(VAL)
-                ds.context.execution_options = self._resolve_execution_options(VAL)
-                hints = worker_node_ids if self._enable_shard_locality else None
+                ds.context.execution_options, locality = data_config_split_options(self, VAL)
+                hints = worker_node_ids if locality else None
                 for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
                     output[i][VAL] = split
             return output
