@@ -118,15 +118,18 @@ def s3_server():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray instance per test module (4 logical CPUs, no dashboard).
+def ray_local(request):
+    """One local Ray instance per test module (4 logical CPUs, no dashboard); a module's
+    ``RAY_WORKER_ENV`` dict is set in every worker's environment.
 
     A test that also asks for the session-scoped ``s3_server`` gets the server first
     (higher scopes are set up first), so Ray's workers inherit its endpoint.
     """
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    env = dict(getattr(request.module, "RAY_WORKER_ENV", {}))
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": env} if env else None)
     try:
         yield ray
     finally:

@@ -43,7 +43,7 @@ def test_fast_attention_equals_original(tokens, window):
 
 
 def test_fast_attention_gradients_match(monkeypatch):
-    monkeypatch.setattr(SdpaAttention, "sdpa_for_cpu_autograd", True)  # SDPA's backward, as on CUDA
+    monkeypatch.setattr(SdpaAttention, "takes_sams_matmuls", lambda self, x: False)  # SDPA's backward, as on CUDA
     blk = _block(32, 2, 0, (6, 6), seed=3)
     fast = copy.deepcopy(blk)
     set_attention(fast, "fast")

@@ -80,6 +80,16 @@ def test_overrides_parse_types_and_name_the_fix():
         TrainConfig.from_dict({"optimizer": {}})
 
 
+def test_a_run_config_written_by_an_earlier_version_still_loads():
+    # run.fail_at_epoch / run.fail_rank were a test hook in the schema (now an env var the
+    # worker reads); the config.yaml of an earlier run still has them
+    old = TrainConfig().to_dict()
+    old["run"].update(fail_at_epoch=None, fail_rank=1)
+    assert TrainConfig.from_dict(old) == TrainConfig()
+    with pytest.raises(ConfigError, match="unknown keys in optim"):
+        TrainConfig.from_dict({"optim": {"fail_rank": 1}})  # retired from run only
+
+
 def test_cosine_schedule_endpoints():
     assert lr_factor(0.0, 2e-4, 1e-7, "cosine") == pytest.approx(1.0)
     assert lr_factor(1.0, 2e-4, 1e-7, "cosine") * 2e-4 == pytest.approx(1e-7)

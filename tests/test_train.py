@@ -12,9 +12,13 @@ from samadapter import storage
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.train.config import TrainConfig
+from samadapter.train.loop import INJECT_FAILURE
 from samadapter.train.runs import read_metrics_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+# the module's Ray (conftest's ray_local): rank 1 of the run named "faulty" raises once at epoch 1
+RAY_WORKER_ENV = {INJECT_FAILURE: "faulty:1:1"}
 
 SIZE = 128  # model input and scene size for tests (tokens 8 x 8)
 
@@ -97,7 +101,7 @@ def test_worker_failure_is_recovered_from_last_checkpoint(ray_local, local_datas
 
     cfg = _config(
         local_dataset, str(tmp_path / "runs"), "faulty",
-        **{"optim.epochs": 3, "run.fail_at_epoch": 1, "run.fail_rank": 1, "run.max_failures": 2},
+        **{"optim.epochs": 3, "run.max_failures": 2},  # RAY_WORKER_ENV: rank 1 of "faulty" fails at epoch 1
     )
     outcome = run_training(cfg, progress=False)
     lines = read_metrics_lines(outcome.run_uri)

@@ -20,27 +20,26 @@ from torch import nn
 from ..constants import ATTENTION_IMPLS
 
 
-
 class SdpaAttention(Attention):
     """SAM's multi-head attention with relative positions, through ``scaled_dot_product_attention``.
 
     On CPU a pass that autograd records (training: the adapter's prompts reach every block)
     takes segment_anything's explicit matmuls instead: there the relative-position bias needs
     a gradient, for which CPU has no fused kernel, and SDPA's unfused path materialises the
-    bias and a masked softmax besides the scores. A global block of vit_b at 1024 (forward +
-    backward, 2 threads, the two paths alternating in one process) costs 4.6 s that way
-    against 3.9 s, while without autograd the fused kernel is the faster one (1.3 s
-    against 1.8 s). CUDA keeps SDPA for both: its
-    memory-efficient kernel computes the bias's gradient without the score matrix.
+    bias and a masked softmax besides the scores, which made it the slower of the two on CPU
+    (``jobs/benchmark.py train-step --attention`` measures either). Without autograd the fused kernel is the faster.
+    CUDA keeps SDPA for both: its memory-efficient kernel computes the bias's gradient
+    without the score matrix.
     """
 
-    # True: SDPA for CPU autograd passes too (tests use it to check SDPA's gradients).
-    sdpa_for_cpu_autograd = False
+    def takes_sams_matmuls(self, x: torch.Tensor) -> bool:
+        """Whether this pass runs segment_anything's own attention (CPU, recorded by autograd)."""
+        return (self.use_rel_pos and x.device.type == "cpu" and torch.is_grad_enabled()
+                and (x.requires_grad or self.qkv.weight.requires_grad or self.rel_pos_h.requires_grad))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x H x W x C -> B x H x W x C."""
-        if (self.use_rel_pos and x.device.type == "cpu" and not self.sdpa_for_cpu_autograd and torch.is_grad_enabled()
-                and (x.requires_grad or self.qkv.weight.requires_grad or self.rel_pos_h.requires_grad)):
+        if self.takes_sams_matmuls(x):
             return super().forward(x)
         b, h, w, _ = x.shape
         n = self.num_heads
@@ -65,10 +64,10 @@ AUTO_FAST_MIN_WINDOW = 14
 def set_attention(module: nn.Module, impl: str = "auto", window_size: int = AUTO_FAST_MIN_WINDOW) -> str:
     """Switch every SAM ``Attention`` inside ``module`` to ``original`` or ``fast``.
 
-    ``auto`` picks ``fast`` for windows of 14 tokens and more (vit_b at 1024 on CPU:
-    14.4 s vs 16.4 s per image) and ``original`` for smaller ones, where the fused kernel's
-    overhead dominates (tiny, 4-token windows: 48 ms vs 38 ms per batch of 2 on one core);
-    ``jobs/benchmark.py model`` measures both. Returns the implementation in use.
+    ``auto`` picks ``fast`` for windows of 14 tokens and more (SAM's real encoders) and
+    ``original`` for smaller ones (the tiny test model), where the fused kernel's overhead
+    dominates; ``jobs/benchmark.py model --attention original fast`` measures both (figures
+    in the README's performance section). Returns the implementation in use.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention {impl!r}: choose one of {ATTENTION_IMPLS}")

@@ -236,6 +236,16 @@ def save_checkpoint(w: Worker, record: dict) -> None:
         ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
 
 
+# Tests of recovery set this in the workers' environment: "<run name>:<epoch>:<rank>" makes
+# that rank of that run raise once, at the start of that epoch (not again after the restart).
+INJECT_FAILURE = "SAMADAPTER_INJECT_FAILURE"
+
+
+def _failure_injected(run_name: str, w) -> bool:
+    spec = os.environ.get(INJECT_FAILURE, "")
+    return bool(spec) and spec == f"{run_name}:{w.epoch}:{w.rank}"
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config``: ``{"train": TrainConfig dict, "run_uri": URI,
     "num_train_rows": int}``; datasets ``train`` and ``val`` (``validation.py``)."""
@@ -257,8 +267,8 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 
     while w.epoch < cfg.optim.epochs:
-        if cfg.run.fail_at_epoch == w.epoch and w.rank == cfg.run.fail_rank and start_epoch < w.epoch:
-            raise RuntimeError(f"injected failure on rank {w.rank} at epoch {w.epoch} (run.fail_at_epoch test hook)")
+        if _failure_injected(cfg.run.name, w) and start_epoch < w.epoch:
+            raise RuntimeError(f"injected failure on rank {w.rank} at epoch {w.epoch} ({INJECT_FAILURE})")
         record = train_epoch(w, train_shard)
         if w.epoch % cfg.run.val_every != 0 and w.epoch != cfg.optim.epochs:
             if w.rank == 0:
