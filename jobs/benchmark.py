@@ -8,6 +8,7 @@
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
     python jobs/benchmark.py plan --keys 200000 --history-nights 365
     python jobs/benchmark.py train-epoch --workers 2 --train-rows 32 --val-rows 16
+    python jobs/benchmark.py cold-start --arch vit_h
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
@@ -25,7 +26,10 @@ size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each
 of the segment job and the bytes between stages, by photo size (one core). `vs-reference`
 times the image encoder's training pass (forward + backward, adapter parameters trainable)
 of ours against the reference implementation's, imported from a checkout you give; fresh
-processes take turns.
+processes take turns. `cold-start` gives the seconds from nothing to a model ready (SAM's
+weights given, every weight read once) beside the seconds of reading the checkpoint file
+alone and of the old way (initialise everything, then copy the file in); the checkpoint, of
+the arch's shapes, is made on the fly.
 
 Prints a table with the machine's description and writes JSON.
 """
@@ -93,6 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead: the plan over a ledger of this many nights' files, before and after --compact-ledger "
                         "(keys: the first of --keys)")
     n.add_argument("--files-per-night", type=int, default=8, help="ledger files a night leaves (default 8)")
+
+    c = sub.add_parser("cold-start", parents=[common],
+                       help="seconds to a model ready from SAM's weights, beside reading the checkpoint alone")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     return p.parse_args(argv)
 
 
@@ -157,6 +165,12 @@ def main(argv=None) -> int:
                                  args.epochs, args.batch_size)
         cols = ["epoch", "workers", "train_rows", "val_rows", "val_rows_read", "train_seconds", "val_seconds",
                 "train_images_per_s", "s_measure"]
+    elif args.mode == "cold-start":
+        from samadapter.cold_start_benchmark import bench_cold_start
+
+        rows = bench_cold_start(args.arch, args.img_size, repeats=args.repeats or 3, threads=args.threads)
+        cols = ["arch", "checkpoint_mib", "read_seconds", "build_seconds", "full_build_seconds", "build_vs_read",
+                "full_build_vs_read", "read_peak_rss_mib", "build_peak_rss_mib", "full_build_peak_rss_mib"]
     elif args.mode == "plan" and args.history_nights:
         from samadapter.plan_benchmark import bench_history
 

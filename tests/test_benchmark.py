@@ -176,3 +176,14 @@ def test_train_epoch_mode_reads_each_validation_row_once(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1]  # before training, then the epoch
     assert all(r["val_rows_read"] == r["val_rows"] == 6 for r in rows)  # not workers x rows
     assert rows[1]["train_seconds"] > 0 and all(r["val_seconds"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cold_start_mode_times_read_build_and_the_old_way(tmp_path):
+    data = _run(tmp_path, "cold-start", "--arch", "tiny", "--repeats", "1", "--threads", "1")
+    (row,) = data["results"]
+    assert row["arch"] == "tiny" and row["checkpoint_mib"] > 0
+    for kind in ("read", "build", "full_build"):
+        assert row[f"{kind}_seconds"] > 0 and row[f"{kind}_peak_rss_mib"] > 0
+    assert row["build_vs_read"] == pytest.approx(row["build_seconds"] / row["read_seconds"])

@@ -269,3 +269,51 @@ def test_checkpoint_from_a_uri_scheme(tmp_path, official_tiny):
     path, sd = official_tiny
     model = build_model("tiny", sam_checkpoint="file://" + os.path.abspath(path))
     assert torch.equal(model.state_dict()["image_encoder.pos_embed"], sd["image_encoder.pos_embed"])
+
+
+def _mapped_from(tensor):
+    """The file whose mapping holds ``tensor``'s memory (Linux's /proc/self/maps), if any."""
+    ptr = tensor.untyped_storage().data_ptr()
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= ptr < hi:
+            return line.split()[-1]
+    return None
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_base_on_meta_takes_the_files_tensors_and_the_adapter_init_is_unchanged(tmp_path, official_tiny, suffix):
+    """With SAM's weights the base is laid out on `meta` and takes the file's (mapped)
+    tensors: the same model as building everything and copying the file in, bit for bit,
+    the prompt generator's seeded init included."""
+    from samadapter.modeling.build import arch_config, build_from_config
+
+    _, sd = official_tiny
+    path = str(tmp_path / f"sam{suffix}")
+    save_file({k: v.contiguous() for k, v in sd.items()}, path) if suffix == ".safetensors" else torch.save(sd, path)
+    lazy = build_model("tiny", sam_checkpoint=path, knowledge="fft+edges")
+    full = build_from_config(arch_config("tiny", knowledge="fft+edges"))  # initialised, then copied into
+    weights.load_sam_checkpoint(full, path)
+    got, want = lazy.state_dict(), full.state_dict()
+    assert list(got) == list(want)
+    assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    assert not any(t.is_meta for t in [*lazy.parameters(), *lazy.buffers()])
+    assert [n for n, p in lazy.named_parameters() if p.requires_grad] == \
+        [n for n, p in full.named_parameters() if p.requires_grad]
+    random = build_model("tiny", knowledge="fft+edges")  # no SAM file: everything drawn, as always
+    assert all(torch.equal(got[k], random.state_dict()[k]) for k in _prompt_keys(lazy))
+    if suffix == ".pth":  # the base's tensors are the file's pages, not copies
+        assert _mapped_from(lazy.image_encoder.neck[0].weight) == path
+        assert _mapped_from(full.image_encoder.neck[0].weight) != path
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(lazy.eval()(x), full.eval()(x))
+
+
+def test_base_on_meta_with_a_half_precision_file(tmp_path, official_tiny):
+    _, sd = official_tiny
+    path = str(tmp_path / "sam_fp16.pth")
+    torch.save({k: v.half() for k, v in sd.items()}, path)
+    model = build_model("tiny", sam_checkpoint=path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.state_dict()["image_encoder.neck.0.weight"], sd["image_encoder.neck.0.weight"].half().float())

@@ -3,11 +3,13 @@ and an adapter checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import partial
 from typing import Optional
 
 import torch
+from torch.overrides import TorchFunctionMode
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
 from torch import nn
 
@@ -19,12 +21,52 @@ from .sam_adapter import BatchedMaskDecoder, SamAdapter
 log = logging.getLogger(__name__)
 
 
-def build_from_config(cfg: ArchConfig) -> SamAdapter:
-    """Construct a randomly initialised SamAdapter (deterministic from ``cfg.init_seed``)."""
+# In-place random initialisers (Tensor methods, and torch.nn.init's functions, which reach a
+# function mode as themselves): on a ``meta`` tensor they draw nothing unless replayed.
+_RANDOM_INITS = frozenset(
+    [getattr(torch.Tensor, n) for n in ("uniform_", "normal_", "bernoulli_", "exponential_", "geometric_",
+                                         "cauchy_", "log_normal_", "random_")]
+    + [getattr(nn.init, n) for n in ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                                     "xavier_uniform_", "xavier_normal_", "orthogonal_", "sparse_")])
+
+
+class _ReplayDraws(TorchFunctionMode):
+    """Random initialisation of a ``meta`` tensor makes the same draws from the CPU
+    generator as it would on a CPU tensor of that shape (and throws them away): modules
+    built on ``meta`` leave the generator where a real build leaves it, so whatever is
+    built after them (the adapter's prompt generator) gets the same values."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RANDOM_INITS:
+            # nn.init's functions arrive with the tensor as a keyword, Tensor methods as self
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                stand_in = torch.empty(t.shape, dtype=t.dtype)
+                if args:
+                    func(stand_in, *args[1:], **kwargs)
+                else:
+                    func(**{**kwargs, "tensor": stand_in})
+        return func(*args, **kwargs)
+
+
+def build_from_config(cfg: ArchConfig, base_on_meta: bool = False) -> SamAdapter:
+    """Construct a randomly initialised SamAdapter (deterministic from ``cfg.init_seed``).
+
+    ``base_on_meta``: every tensor an official SAM checkpoint holds (the encoder's ViT, the
+    prompt encoder, the mask decoder) is laid out on the ``meta`` device, with no memory
+    and no initialisation, for ``load_sam_checkpoint(..., assign=True)`` to fill; the
+    adapter's prompt generator is initialised on the CPU exactly as in a full build (the
+    base's random draws are replayed, not kept)."""
     emb = cfg.embedding_size
-    with torch.random.fork_rng(devices=[]):
+    base = contextlib.ExitStack()
+    if base_on_meta:
+        base.enter_context(_ReplayDraws())
+        base.enter_context(torch.device("meta"))
+    with torch.random.fork_rng(devices=[]), base:
         torch.manual_seed(cfg.init_seed)
         encoder = AdaptedImageEncoder(
+            prompt_device="cpu" if base_on_meta else None,
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
@@ -100,10 +142,13 @@ def build_model(
             raise ValueError("reference_checkpoint needs reference_layout=True (the reference's token layout)")
         overrides["reference_layout"] = True
     cfg = arch_config(arch, **overrides)
-    model = build_from_config(cfg)
+    # with SAM's weights, the base is never initialised only to be overwritten: it is laid
+    # out on `meta` and takes the checkpoint's tensors (memory-mapped when the file allows)
+    on_meta = sam_checkpoint is not None and reference_checkpoint is None
+    model = build_from_config(cfg, base_on_meta=on_meta)
     set_attention(model, attention, cfg.window_size)
     if sam_checkpoint is not None:
-        weights.load_sam_checkpoint(model, sam_checkpoint)
+        weights.load_sam_checkpoint(model, sam_checkpoint, assign=on_meta)
     if reference_checkpoint is not None:
         weights.load_reference_checkpoint(model, reference_checkpoint)
     if sam_checkpoint is None and reference_checkpoint is None:

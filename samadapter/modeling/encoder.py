@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -22,6 +23,8 @@ class AdaptedImageEncoder(ImageEncoderViT):
     Args:
         scale_factor, knowledge, learnable_weights, reference_layout: see
             :class:`PromptGenerator`.
+        prompt_device: build the prompt generator on this device (the rest follows the
+            caller's default device).
         **vit_kwargs: passed to ``ImageEncoderViT`` (img_size, patch_size, embed_dim,
             depth, num_heads, global_attn_indexes, window_size, ...).
     """
@@ -33,18 +36,22 @@ class AdaptedImageEncoder(ImageEncoderViT):
         knowledge: Optional[Sequence] = None,
         learnable_weights: bool = False,
         reference_layout: bool = False,
+        prompt_device: Optional[str] = None,
         **vit_kwargs,
     ) -> None:
         super().__init__(**vit_kwargs)
-        self.prompt_generator = PromptGenerator(
-            embed_dim=vit_kwargs["embed_dim"],
-            depth=len(self.blocks),
-            patch_size=vit_kwargs["patch_size"],
-            scale_factor=scale_factor,
-            knowledge=knowledge,
-            learnable_weights=learnable_weights,
-            reference_layout=reference_layout,
-        )
+        # prompt_device: where the prompt generator is built when the ViT is built elsewhere
+        # (on `meta`, to take a checkpoint's tensors)
+        with torch.device(prompt_device) if prompt_device else contextlib.nullcontext():
+            self.prompt_generator = PromptGenerator(
+                embed_dim=vit_kwargs["embed_dim"],
+                depth=len(self.blocks),
+                patch_size=vit_kwargs["patch_size"],
+                scale_factor=scale_factor,
+                knowledge=knowledge,
+                learnable_weights=learnable_weights,
+                reference_layout=reference_layout,
+            )
         # Activation checkpointing of the frozen blocks; gradients still flow through
         # them to the prompts of earlier blocks. Set by the trainer.
         self.checkpoint_blocks = False

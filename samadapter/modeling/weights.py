@@ -127,25 +127,62 @@ def _check_keys(
             )
 
 
-def _load_exact(model: SamAdapter, sd: Dict[str, torch.Tensor], expected_missing: set, uri: str) -> None:
-    result = model.load_state_dict(sd, strict=False)
+def _load_exact(model: SamAdapter, sd: Dict[str, torch.Tensor], expected_missing: set, uri: str,
+                assign: bool = False) -> None:
+    if assign:  # the file's tensors become the model's (cast where the file's dtype differs)
+        own = model.state_dict(keep_vars=True)
+        sd = {k: v.to(own[k].dtype) for k, v in sd.items()}
+    result = model.load_state_dict(sd, strict=False, assign=assign)
     # Invariants after _check_keys: nothing unexpected, and only the known keys missing.
     assert not result.unexpected_keys, result.unexpected_keys
     assert set(result.missing_keys) == expected_missing, sorted(set(result.missing_keys) ^ expected_missing)
+    if assign:
+        model.freeze()  # parameters that came from the file: trainable or not by name, as before
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise CheckpointError(f"{uri}: {left[0]!r} (and {len(left) - 1} more) not in the file")
     model._invalidate_fingerprint()
     log.info("loaded %d tensors from %s", len(sd), uri)
 
 
-def load_sam_checkpoint(model: SamAdapter, uri: str) -> None:
+def _mapped_state_dict(uri: str, path: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """``load_state_dict(uri)``, memory-mapped where it can be (a local zip-format
+    ``torch.save`` file, or .safetensors; ``path``: a local copy of ``uri``): the tensors
+    are the file's pages, read on first use and shared by every process on the machine
+    that maps the same file."""
+    if path is None:
+        if not storage.is_local(uri):
+            return load_state_dict(uri)
+        path = storage.local_path(uri)
+    if str(uri).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise _refused(uri, exc) from None
+        return load_state_dict(uri)  # an old-format file cannot be mapped: read whole
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError for forbidden globals, ...
+        raise _refused(uri, exc) from None
+    return _unwrap(obj, uri)
+
+
+def load_sam_checkpoint(model: SamAdapter, uri: str, assign: bool = False) -> None:
     """Load official SAM weights (``sam_vit_{h,l,b}_*.pth`` key layout, or .safetensors).
 
     Every key of the file is consumed, including the prompt encoder's positional matrix and
     no-mask embedding. The keys left missing must be exactly the adapter's prompt-generator
     parameters; an unexpected key or a shape mismatch raises :class:`CheckpointError`
     naming the key and the arch that fits.
+
+    ``assign``: the model's base lives on the ``meta`` device (``build_from_config(...,
+    base_on_meta=True)``) and takes the file's tensors themselves, memory-mapped where the
+    file allows, instead of copying them into initialised ones.
     """
-    sd, prompt_keys = _sam_state(model, load_state_dict(uri), uri)
-    _load_exact(model, sd, prompt_keys, uri)
+    sd, prompt_keys = _sam_state(model, _mapped_state_dict(uri) if assign else load_state_dict(uri), uri)
+    _load_exact(model, sd, prompt_keys, uri, assign=assign)
 
 
 def _sam_state(model: SamAdapter, sd: Dict[str, torch.Tensor], uri: str):
@@ -170,16 +207,7 @@ def check_sam_checkpoint(model: SamAdapter, uri: str, path: str) -> None:
     memory-mapped, read with ``weights_only=True`` (nothing in it is unpickled but
     tensors), and its keys and shapes compared; a ``CheckpointError`` names ``uri``."""
     if not str(uri).endswith(".safetensors"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):  # an old-format file cannot be mapped: read it whole
-                raise _refused(uri, exc) from None
-            _sam_state(model, load_state_dict(uri), uri)
-            return
-        except Exception as exc:  # noqa: BLE001 - UnpicklingError for forbidden globals, ...
-            raise _refused(uri, exc) from None
-        _sam_state(model, _unwrap(obj, uri), uri)
+        _sam_state(model, _mapped_state_dict(uri, path), uri)
         return
     from safetensors import safe_open
 
