@@ -325,7 +325,7 @@ def bench_pipeline(arch: str, img_size: int, images: int, scene_size: int, batch
 
     from .modeling import build_model
     from .segment.run import SegmentConfig, run_segmentation
-    from .train.runs import ADAPTER_FILE
+    from .checkpoints import ADAPTER_FILE
 
     with tempfile.TemporaryDirectory(prefix="samadapter-bench-") as tmp:
         folder = os.path.join(tmp, "images")

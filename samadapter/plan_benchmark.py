@@ -106,7 +106,7 @@ def _ledger_file_count(output: str) -> int:
 def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 2) -> List[dict]:
     """The plan of a night over a year of ledger files, before and after compaction."""
     from .modeling import build_model
-    from .train.runs import ADAPTER_FILE
+    from .checkpoints import ADAPTER_FILE
 
     env, rows = _env(), []
     with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
@@ -127,7 +127,7 @@ def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 
 
 def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
     from .modeling import build_model
-    from .train.runs import ADAPTER_FILE
+    from .checkpoints import ADAPTER_FILE
 
     env = _env()
     rows = []

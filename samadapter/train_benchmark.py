@@ -23,7 +23,7 @@ def bench_train_epoch(arch: str = "tiny", img_size: int = 128, workers: int = 2,
     from .data.sources import synthetic_listing
     from .train.config import TrainConfig
     from .train.driver import run_training
-    from .train.runs import read_metrics_lines
+    from .checkpoints import read_metrics_lines
 
     with tempfile.TemporaryDirectory(prefix="samadapter-train-epoch-") as tmp:
         dataset = os.path.join(tmp, "data")

@@ -18,7 +18,7 @@ from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.segment.layout import output_key
 from samadapter.segment.ledger import read_ledger_table
-from samadapter.train.runs import resolve_adapter
+from samadapter.checkpoints import resolve_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

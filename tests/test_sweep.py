@@ -101,7 +101,7 @@ def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path):
     task trained on CPU with its BER dropping, and lower-is-better everywhere it selects."""
     from PIL import Image
 
-    from samadapter.train.runs import CHECKPOINT_METRICS, best_checkpoint, read_metrics_lines, run_exists
+    from samadapter.checkpoints import CHECKPOINT_METRICS, best_checkpoint, read_metrics_lines, run_exists
     from samadapter.train.sweep import run_sweep
 
     spec = SweepSpec(

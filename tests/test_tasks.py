@@ -117,7 +117,7 @@ def test_task_field_of_the_recipe():
 
 
 def test_checkpoint_selection_follows_the_task(tmp_path):
-    from samadapter.train.runs import ADAPTER_FILE, CHECKPOINT_METRICS, best_checkpoint
+    from samadapter.checkpoints import ADAPTER_FILE, CHECKPOINT_METRICS, best_checkpoint
 
     def run(name, task, key, scores):
         for i, score in enumerate(scores):

@@ -13,7 +13,7 @@ from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
 from samadapter.train.config import TrainConfig
 from samadapter.train.loop import INJECT_FAILURE
-from samadapter.train.runs import read_metrics_lines
+from samadapter.checkpoints import read_metrics_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

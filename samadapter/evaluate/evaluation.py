@@ -76,7 +76,7 @@ def evaluate_checkpoint(
     from .predict import predict_split
     from ..modeling import build_from_adapter
     from ..modeling.weights import read_adapter
-    from ..train.runs import resolve_adapter
+    from ..checkpoints import resolve_adapter
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     adapter = resolve_adapter(checkpoint)

@@ -23,7 +23,7 @@ from .. import storage
 from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
 from ..modeling.build import check_checkpoints
-from ..train import runs
+from .. import checkpoints
 from . import compaction, ledger, model, plan, resources, stages
 from .lease import Lease, LeaseHeld
 from .listing import INPUT_FORMATS
@@ -189,7 +189,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     import ray
     import ray.data
 
-    adapter_uri = runs.resolve_adapter(cfg.checkpoint)
+    adapter_uri = checkpoints.resolve_adapter(cfg.checkpoint)
     adapter_bytes = storage.read_bytes(adapter_uri)
     # Both checkpoints opened and checked here, before any Ray work: a bad file is one line
     # naming it (exit 2), not an actor that fails to start on every GPU node. A dry run

@@ -1,7 +1,5 @@
-"""Training: typed config (``config``), losses, the run layout (``runs``), the per-worker
-loop (``loop``), validation as a split dataset (``validation``) and the Ray Train driver
-(``driver``).
-
-Nothing is imported here: ``samadapter.train.runs`` (the layout of a run, read by the
-segment job and evaluation) stays free of torch and segment_anything.
+"""Training: typed config (``config``), losses, the per-worker loop (``loop``), validation
+as a split dataset (``validation``), the Ray Train driver (``driver``) and sweeps
+(``sweep``). The layout of a run lives in ``samadapter.checkpoints`` (read by the segment
+job and evaluation, written here).
 """

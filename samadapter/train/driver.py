@@ -13,7 +13,7 @@ from ..data.records import DATASET_INFO_FILE, read_dataset_info
 from .config import ConfigError, TrainConfig
 from .config import RunConfig as RunSection  # not ray.train.RunConfig
 from .loop import train_loop_per_worker
-from .runs import ADAPTER_FILE, CONFIG_FILE, read_metrics_lines, run_exists
+from ..checkpoints import ADAPTER_FILE, CONFIG_FILE, read_metrics_lines, run_exists
 from .validation import TRAIN, VAL, train_data_config, validation_dataset
 
 log = logging.getLogger(__name__)

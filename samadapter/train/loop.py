@@ -30,7 +30,7 @@ from ..modeling import weights as weights_mod
 from ..ops import to_model_input
 from .config import TrainConfig
 from .losses import segmentation_loss
-from .runs import ADAPTER_FILE, CHECKPOINT_METRICS, STATE_FILE, append_metrics_line
+from ..checkpoints import ADAPTER_FILE, CHECKPOINT_METRICS, STATE_FILE, append_metrics_line
 from .validation import TRAIN, VAL, rank_and_world, validate
 
 log = logging.getLogger("samadapter.train")

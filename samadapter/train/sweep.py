@@ -13,7 +13,7 @@ A sweep is a base recipe, fixed assignments (``set``) and the fields to vary:
 The layout of a sweep, in one place:
 
     <storage>/<sweep>/                 run.storage of every trial
-        <trial run>/                   a training run (runs.py's layout); rerunning the
+        <trial run>/                   a training run (checkpoints.py's layout); rerunning the
                                        sweep resumes it from its latest checkpoint
         _tune/                         Ray Tune's experiment state
         results.md  results.json       one row per trial, best first

@@ -1,14 +1,14 @@
-"""The layout of a training run, in one place.
+"""Training runs and their checkpoints: the layout of a run, in one place, and how an
+adapter is found in it. Training writes runs; evaluation, the segment job and sweeps read
+them through this module (torch-free: a driver imports it before Ray starts).
 
     <storage>/<name>/                   a run (rerunning the same name resumes it)
         config.yaml                     the resolved TrainConfig
         metrics.jsonl                   one JSON line per phase: before training, validation, resumed
-        checkpoint_*/                   Ray Train's checkpoints (the best by S-measure and the latest)
+        checkpoint_*/                   Ray Train's checkpoints (the best by the task's metric, and the latest)
             adapter.safetensors         the adapter (weights.py's format)
             train_state.pt              optimizer, scheduler, epoch, step (weights_only)
             metrics.json                the epoch's record (with its task: tasks.py picks the best)
-
-Torch-free: the segment job's driver and evaluation read runs through it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import logging
 from typing import List, Optional
 
-from .. import storage
+from . import storage
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def best_checkpoint(run_uri: str) -> Optional[str]:
     """The checkpoint folder with the best score that holds an adapter, or None. The score
     is the run's task's selection metric (``tasks.py``: S-measure up for camouflage, BER
     down for shadows, Dice up for polyps), read from each checkpoint's record."""
-    from ..tasks import DEFAULT_TASK, get_task
+    from .tasks import DEFAULT_TASK, get_task
 
     best, best_score, best_task = None, None, None
     for ckpt in checkpoint_dirs(run_uri):
