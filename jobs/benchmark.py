@@ -122,18 +122,18 @@ def _table(rows, columns):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    from samadapter import benchmark as B
+    from samadapter import benchmark as bench
     from samadapter.modeling.arch import arch_config
 
     img_size = args.img_size or arch_config(args.arch).img_size
-    machine = B.describe_machine()
+    machine = bench.describe_machine()
     if args.mode == "model":
-        rows = B.bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
+        rows = bench.bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
                              warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
         cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "median_s",
                 "gflop_per_image", "tflops", "fraction_of_peak", "peak_mem_gib"]
     elif args.mode == "train-step":
-        rows = B.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
+        rows = bench.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
     elif args.mode == "vs-reference":
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         rows = bench_plan([int(k) for k in args.keys.split(",")], cpus=args.cpus)
         cols = ["keys", "seconds", "driver_peak_rss_mib", "to_do", "done"]
     else:
-        rows = [B.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
+        rows = [bench.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
                                  max_actors=args.max_actors)]
         cols = ["arch", "images", "batch", "model_threads", "turns", "bare_images_per_s", "pipeline_images_per_s", "ratio",

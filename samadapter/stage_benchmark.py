@@ -15,8 +15,8 @@ one thread, best of ``repeats``) of:
 It runs in a fresh process whose native thread pools have one thread
 (``SINGLE_THREADED``), as in the job's tasks: Ray sets ``OMP_NUM_THREADS`` to a task's
 CPUs (1 for the half-CPU stages). Without that, numpy's OpenBLAS threads, still spinning
-after generating the scene, were charged to the first photo size (``time.process_time``
-counts every thread): 1.2 MP read 19 ms instead of 12.
+after generating the scene, would be charged to the first photo size (``time.process_time``
+counts every thread).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from samadapter.modeling import build_model, high_pass_filter
+from samadapter.modeling import build_model, high_pass_filter, low_pass_filter
 from samadapter.modeling.arch import arch_config
 from samadapter.modeling.knowledge import (
     DEFAULT_KNOWLEDGE,
@@ -79,11 +79,11 @@ def test_sources_compute_what_they_say():
     # fft_highpass / fft_lowpass: a constant image is all low frequency, a +-1
     # checkerboard all high (the Nyquist frequency)
     const = torch.full((1, 3, 32, 32), 0.7)
-    assert torch.allclose(high_pass_filter(const, 0.25, low=True), const, atol=1e-5)
+    assert torch.allclose(low_pass_filter(const, 0.25), const, atol=1e-5)
     assert high_pass_filter(const, 0.25).abs().max() < 1e-5
     signed = board * 2 - 1
     assert torch.allclose(high_pass_filter(signed, 0.25), torch.ones_like(signed), atol=1e-5)
-    assert high_pass_filter(signed, 0.25, low=True).abs().max() < 1e-5
+    assert low_pass_filter(signed, 0.25).abs().max() < 1e-5
 
 
 def test_default_knowledge_is_the_paper_model_bit_for_bit():

@@ -48,10 +48,10 @@ def _thumb(a: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(Image.fromarray(a).convert(mode).resize((w, THUMB_HEIGHT), Image.BILINEAR).convert("RGB"))
 
 
-def _score(ev, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
-    ev.add(prob, gt)
-    score = ev.scores[-1][ev.image_key]
-    per_image.append((image_id, score if ev.image_higher_is_better else -score))  # higher is better
+def _score(metrics, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
+    metrics.add(prob, gt)
+    score = metrics.scores[-1][metrics.image_key]
+    per_image.append((image_id, score if metrics.image_higher_is_better else -score))  # higher is better
     if keep:  # thumbnails only: a test split at full resolution would not fit in memory
         examples[image_id] = np.concatenate(
             [_thumb(image, "RGB"), _thumb((gt * 255).astype(np.uint8), "L"), _thumb((prob * 255).round().astype(np.uint8), "L")],

@@ -1,4 +1,5 @@
-"""Predictions over a dataset split at the original ground-truth sizes (validation, evaluation)."""
+"""Predictions over a dataset split at the original ground-truth sizes, for ``jobs/evaluate.py``
+(validation during training scores through ``train/validation.score_batches``)."""
 
 from __future__ import annotations
 

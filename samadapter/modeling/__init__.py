@@ -1,6 +1,6 @@
 """Pure PyTorch SAM-Adapter model built on segment_anything's modules."""
 
-from .adapter import PromptGenerator, high_pass_filter
+from .adapter import PromptGenerator, high_pass_filter, low_pass_filter
 from .attention import SdpaAttention, set_attention
 from .arch import ARCHS, ArchConfig, arch_config
 from .build import build_from_adapter, build_from_config, build_model
@@ -28,6 +28,7 @@ __all__ = [
     "build_from_adapter",
     "build_model",
     "high_pass_filter",
+    "low_pass_filter",
     "load_adapter",
     "load_sam_checkpoint",
     "normalize_knowledge",

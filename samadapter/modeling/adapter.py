@@ -13,9 +13,9 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, SourceDims, build_source, high_pass_filter, normalize_knowledge
+from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, SourceDims, build_source, high_pass_filter, low_pass_filter, normalize_knowledge
 
-__all__ = ["PromptGenerator", "high_pass_filter"]
+__all__ = ["PromptGenerator", "high_pass_filter", "low_pass_filter"]
 
 
 class PromptGenerator(nn.Module):

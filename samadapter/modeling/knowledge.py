@@ -49,13 +49,11 @@ class SourceDims:
     reference_layout: bool = False
 
 
-def high_pass_filter(images: torch.Tensor, freq_ratio: float, *, low: bool = False) -> torch.Tensor:
-    """Keep the high (or, with ``low=True``, the low) spatial frequencies of ``images``.
-
-    The 2-D spectrum is centre-shifted and a centred square of low frequencies whose
-    area is ``freq_ratio`` of the spectrum is zeroed (for 1024x1024 and 0.25 that is a
-    512x512 square) - or, with ``low``, everything outside that square; the inverse
-    transform's real part is returned in absolute value.
+def high_pass_filter(images: torch.Tensor, freq_ratio: float) -> torch.Tensor:
+    """The high spatial frequencies of ``images``: the 2-D spectrum is centre-shifted and a
+    centred square of low frequencies whose area is ``freq_ratio`` of the spectrum is zeroed
+    (for 1024x1024 and 0.25 that is a 512x512 square); the inverse transform's real part is
+    returned in absolute value.
 
     Args:
         images: B x C x H x W float tensor.
@@ -64,14 +62,24 @@ def high_pass_filter(images: torch.Tensor, freq_ratio: float, *, low: bool = Fal
     Returns:
         B x C x H x W tensor, non-negative, same dtype as the input (computed in fp32).
     """
+    return _frequency_band(images, freq_ratio, keep_square=False)
+
+
+def low_pass_filter(images: torch.Tensor, freq_ratio: float) -> torch.Tensor:
+    """The complement of :func:`high_pass_filter`: only the centred low-frequency square
+    (``freq_ratio`` of the spectrum's area) is kept."""
+    return _frequency_band(images, freq_ratio, keep_square=True)
+
+
+def _frequency_band(images: torch.Tensor, freq_ratio: float, keep_square: bool) -> torch.Tensor:
     dtype = images.dtype
     x = images.float()
     h, w = x.shape[-2:]
     half = int((h * w * freq_ratio) ** 0.5 // 2)
     spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-    if half > 0 or low:
-        keep = torch.full((h, w), 0.0 if low else 1.0, dtype=x.dtype, device=x.device)
-        keep[h // 2 - half : h // 2 + half, w // 2 - half : w // 2 + half] = 1.0 if low else 0.0
+    if half > 0 or keep_square:
+        keep = torch.full((h, w), 0.0 if keep_square else 1.0, dtype=x.dtype, device=x.device)
+        keep[h // 2 - half : h // 2 + half, w // 2 - half : w // 2 + half] = 1.0 if keep_square else 0.0
         spectrum = spectrum * keep
     out = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.abs()
     return out.to(dtype)
@@ -122,7 +130,7 @@ class FFTLowPass(FFTHighPass):
     ATTRIBUTE = "lowpass_embed"
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return high_pass_filter(images, self.freq_ratio, low=True)
+        return low_pass_filter(images, self.freq_ratio)
 
 
 class PatchEmbedding(nn.Linear):

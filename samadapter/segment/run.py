@@ -38,6 +38,10 @@ def _opt(default, help: str, group: str, **meta):
 
 IO, NIGHT, MODEL = "inputs and outputs", "what a night does", "model and resources"
 
+# A small night asks for no more model actors than give each this many batches: an actor's
+# start (a node, the model's load) costs more than a few batches take.
+BATCHES_PER_ACTOR = 32
+
 # The segment job's exit statuses (jobs/segment.py --help lists them).
 EXIT_STATUSES = {
     0: "the night succeeded (or had nothing new to do)",
@@ -255,7 +259,8 @@ def _night(cfg: SegmentConfig, adapter_uri: str, arch: dict, fingerprint: str, r
                                    cfg.accelerator_type)
     summary.actors = f"{actors.min_actors}-{actors.max_actors} actors x {actors.gpus_per_actor:g} GPU ({actors.why})"
     log.info("model actors: %s", summary.actors)
-    wanted = min(actors.max_actors, max(actors.min_actors, -(-night.todo // (cfg.batch_size * 32))))
+    # no more actors than the night has work for: each should get at least BATCHES_PER_ACTOR batches
+    wanted = min(actors.max_actors, max(actors.min_actors, -(-night.todo // (cfg.batch_size * BATCHES_PER_ACTOR))))
     gpus = actors.gpus_per_actor > 0
     with resources.pool_requested(actors, wanted) if gpus else contextlib.nullcontext():
         if gpus:

@@ -118,7 +118,7 @@ def setup(config: dict) -> Worker:
     return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"], steps_per_epoch)
 
 
-def restore(w: Worker) -> bool:
+def restore(worker: Worker) -> bool:
     """Continue from Ray Train's latest checkpoint, if any: adapter, optimizer, schedule,
     epoch and step. Returns whether it resumed."""
     import ray.train
@@ -130,81 +130,81 @@ def restore(w: Worker) -> bool:
     # directory while another worker is still filling it.
     with tempfile.TemporaryDirectory(prefix="samadapter-ckpt-") as d:
         checkpoint.to_directory(d)
-        weights_mod.load_adapter(w.model, os.path.join(d, ADAPTER_FILE))
+        weights_mod.load_adapter(worker.model, os.path.join(d, ADAPTER_FILE))
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    w.optimizer.load_state_dict(state["optimizer"])
-    w.scheduler.load_state_dict(state["scheduler"])
-    w.epoch, w.global_step = int(state["epoch"]), int(state["global_step"])
-    if w.rank == 0:
-        log.info("resumed from checkpoint at epoch %d (step %d)", w.epoch, w.global_step)
-        append_metrics_line(w.run_uri, {"phase": "resumed", "epoch": w.epoch, "global_step": w.global_step})
+    worker.optimizer.load_state_dict(state["optimizer"])
+    worker.scheduler.load_state_dict(state["scheduler"])
+    worker.epoch, worker.global_step = int(state["epoch"]), int(state["global_step"])
+    if worker.rank == 0:
+        log.info("resumed from checkpoint at epoch %d (step %d)", worker.epoch, worker.global_step)
+        append_metrics_line(worker.run_uri, {"phase": "resumed", "epoch": worker.epoch, "global_step": worker.global_step})
     return True
 
 
-def wrap_for_ddp(w: Worker) -> None:
+def wrap_for_ddp(worker: Worker) -> None:
     """Move the model to the device and wrap it in DDP over the trainable parameters only
     (frozen ones are not registered, so no ``find_unused_parameters``)."""
     import ray.train.torch
 
-    w.model.to(w.device)
-    w.ddp_model = ray.train.torch.prepare_model(w.model, move_to_device=False)
+    worker.model.to(worker.device)
+    worker.ddp_model = ray.train.torch.prepare_model(worker.model, move_to_device=False)
 
 
-def train_step(w: Worker, batch: Dict[str, Any]) -> float:
+def train_step(worker: Worker, batch: Dict[str, Any]) -> float:
     """One optimizer step on a batch of uint8 images (normalised on the device) and masks."""
-    cfg = w.cfg
-    x = to_model_input(batch["images"], w.model)
-    y = torch.from_numpy(batch["masks"]).to(w.device, non_blocking=True)[:, None].float()
-    with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
-        logits = w.ddp_model(x)  # the DDP wrapper: gradients are all-reduced
+    cfg = worker.cfg
+    x = to_model_input(batch["images"], worker.model)
+    y = torch.from_numpy(batch["masks"]).to(worker.device, non_blocking=True)[:, None].float()
+    with torch.autocast(worker.device.type, dtype=torch.bfloat16, enabled=worker.bf16):
+        logits = worker.ddp_model(x)  # the DDP wrapper: gradients are all-reduced
     loss = segmentation_loss(logits, y, cfg.optim.bce_weight, cfg.optim.iou_weight, cfg.loss, cfg.optim.dice_weight)
-    w.optimizer.zero_grad(set_to_none=True)
+    worker.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(w.model.trainable_parameters(), cfg.optim.grad_clip)
-    w.optimizer.step()
+        torch.nn.utils.clip_grad_norm_(worker.model.trainable_parameters(), cfg.optim.grad_clip)
+    worker.optimizer.step()
     if cfg.optim.schedule_unit == "step":
-        w.scheduler.step()
-    w.global_step += 1
+        worker.scheduler.step()
+    worker.global_step += 1
     return loss.item()
 
 
-def train_epoch(w: Worker, shard) -> dict:
+def train_epoch(worker: Worker, shard) -> dict:
     """One pass over this worker's training shard; returns the epoch's record (mean loss
     over all workers, images/s, whether the replicas are bit-identical)."""
-    cfg = w.cfg
-    w.model.train()
+    cfg = worker.cfg
+    worker.model.train()
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
     t_interval, n_interval = t0, 0
     for batch in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="numpy", prefetch_batches=2):
-        loss = train_step(w, batch)
+        loss = train_step(worker, batch)
         n = len(batch["masks"])
         loss_sum, seen, n_interval = loss_sum + loss * n, seen + n, n_interval + n
-        if w.rank == 0 and w.global_step % cfg.run.log_every == 0:
+        if worker.rank == 0 and worker.global_step % cfg.run.log_every == 0:
             now = time.perf_counter()
             log.info("epoch %d/%d step %d loss %.4f lr %.2e images/s %.1f peak mem %.2f GiB",
-                     w.epoch + 1, cfg.optim.epochs, w.global_step, loss, w.optimizer.param_groups[0]["lr"],
-                     n_interval * w.world / max(now - t_interval, 1e-9), peak_memory_gib(w.device))
+                     worker.epoch + 1, cfg.optim.epochs, worker.global_step, loss, worker.optimizer.param_groups[0]["lr"],
+                     n_interval * worker.world / max(now - t_interval, 1e-9), peak_memory_gib(worker.device))
             t_interval, n_interval = now, 0
     if cfg.optim.schedule_unit == "epoch":
-        w.scheduler.step()
+        worker.scheduler.step()
     elapsed = time.perf_counter() - t0
-    in_sync = replicas_in_sync(w.model.trainable_parameters())
+    in_sync = replicas_in_sync(worker.model.trainable_parameters())
     totals = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
-    if w.world > 1:
+    if worker.world > 1:
         dist.all_reduce(totals)
-    w.epoch += 1
-    return {"epoch": w.epoch, "train_loss": float(totals[0] / max(totals[1], 1.0)), "lr": w.optimizer.param_groups[0]["lr"],
+    worker.epoch += 1
+    return {"epoch": worker.epoch, "train_loss": float(totals[0] / max(totals[1], 1.0)), "lr": worker.optimizer.param_groups[0]["lr"],
             "images_per_s": float(totals[1]) / max(elapsed, 1e-9), "train_seconds": elapsed,
-            "global_step": w.global_step, "replicas_in_sync": in_sync}
+            "global_step": worker.global_step, "replicas_in_sync": in_sync}
 
 
-def run_validation(w: Worker, shard) -> dict:
+def run_validation(worker: Worker, shard) -> dict:
     t0 = time.perf_counter()
-    scores = validate(w.model, shard, max(1, w.cfg.optim.batch_size * 2), w.cfg.data.resize_mode, w.bf16,
-                      task=w.cfg.task)
+    scores = validate(worker.model, shard, max(1, worker.cfg.optim.batch_size * 2), worker.cfg.data.resize_mode, worker.bf16,
+                      task=worker.cfg.task)
     scores["val_seconds"] = time.perf_counter() - t0
-    scores["task"] = w.cfg.task
+    scores["task"] = worker.cfg.task
     return scores
 
 
@@ -215,22 +215,22 @@ def describe_scores(task, scores: dict) -> str:
     return "  ".join(f"{METRIC_TITLES.get(m, m)} {scores[m]:.3f}" for m in task.names)
 
 
-def save_checkpoint(w: Worker, record: dict) -> None:
+def save_checkpoint(worker: Worker, record: dict) -> None:
     """Report the epoch with a checkpoint (adapter, optimizer and schedule state, metrics)
     from rank 0; every rank reports."""
     import ray.train
     from ray.train import Checkpoint
 
-    if w.rank != 0:
+    if worker.rank != 0:
         ray.train.report(record)
         return
-    append_metrics_line(w.run_uri, {"phase": "validation", **record})
+    append_metrics_line(worker.run_uri, {"phase": "validation", **record})
     with tempfile.TemporaryDirectory() as tmp:
         storage.write_bytes(os.path.join(tmp, ADAPTER_FILE),
-                            weights_mod.adapter_bytes(w.model, {"epoch": str(w.epoch), "run": w.cfg.run.name,
-                                                               "task": w.cfg.task}))
-        torch.save({"optimizer": w.optimizer.state_dict(), "scheduler": w.scheduler.state_dict(),
-                    "epoch": w.epoch, "global_step": w.global_step}, os.path.join(tmp, STATE_FILE))
+                            weights_mod.adapter_bytes(worker.model, {"epoch": str(worker.epoch), "run": worker.cfg.run.name,
+                                                               "task": worker.cfg.task}))
+        torch.save({"optimizer": worker.optimizer.state_dict(), "scheduler": worker.scheduler.state_dict(),
+                    "epoch": worker.epoch, "global_step": worker.global_step}, os.path.join(tmp, STATE_FILE))
         with open(os.path.join(tmp, CHECKPOINT_METRICS), "w") as f:
             json.dump(record, f, indent=2)
         ray.train.report(record, checkpoint=Checkpoint.from_directory(tmp))
@@ -241,9 +241,9 @@ def save_checkpoint(w: Worker, record: dict) -> None:
 INJECT_FAILURE = "SAMADAPTER_INJECT_FAILURE"
 
 
-def _failure_injected(run_name: str, w) -> bool:
+def _failure_injected(run_name: str, worker) -> bool:
     spec = os.environ.get(INJECT_FAILURE, "")
-    return bool(spec) and spec == f"{run_name}:{w.epoch}:{w.rank}"
+    return bool(spec) and spec == f"{run_name}:{worker.epoch}:{worker.rank}"
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -252,30 +252,30 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    w = setup(config)
-    resumed = restore(w)
-    wrap_for_ddp(w)
-    cfg = w.cfg
+    worker = setup(config)
+    resumed = restore(worker)
+    wrap_for_ddp(worker)
+    cfg = worker.cfg
     train_shard, val_shard = ray.train.get_dataset_shard(TRAIN), ray.train.get_dataset_shard(VAL)
-    start_epoch = w.epoch
+    start_epoch = worker.epoch
 
     if not resumed:
-        before = run_validation(w, val_shard)
-        if w.rank == 0:
-            append_metrics_line(w.run_uri, {"epoch": 0, "phase": "before training", **before})
+        before = run_validation(worker, val_shard)
+        if worker.rank == 0:
+            append_metrics_line(worker.run_uri, {"epoch": 0, "phase": "before training", **before})
             log.info("before training: %s", describe_scores(cfg.task_spec, before))
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 
-    while w.epoch < cfg.optim.epochs:
-        if _failure_injected(cfg.run.name, w) and start_epoch < w.epoch:
-            raise RuntimeError(f"injected failure on rank {w.rank} at epoch {w.epoch} ({INJECT_FAILURE})")
-        record = train_epoch(w, train_shard)
-        if w.epoch % cfg.run.val_every != 0 and w.epoch != cfg.optim.epochs:
-            if w.rank == 0:
-                log.info("epoch %d: train loss %.4f", w.epoch, record["train_loss"])
+    while worker.epoch < cfg.optim.epochs:
+        if _failure_injected(cfg.run.name, worker) and start_epoch < worker.epoch:
+            raise RuntimeError(f"injected failure on rank {worker.rank} at epoch {worker.epoch} ({INJECT_FAILURE})")
+        record = train_epoch(worker, train_shard)
+        if worker.epoch % cfg.run.val_every != 0 and worker.epoch != cfg.optim.epochs:
+            if worker.rank == 0:
+                log.info("epoch %d: train loss %.4f", worker.epoch, record["train_loss"])
             ray.train.report(record)
             continue
-        record.update(run_validation(w, val_shard))
-        if w.rank == 0:
-            log.info("epoch %d: train loss %.4f | val %s", w.epoch, record["train_loss"], describe_scores(cfg.task_spec, record))
-        save_checkpoint(w, record)
+        record.update(run_validation(worker, val_shard))
+        if worker.rank == 0:
+            log.info("epoch %d: train loss %.4f | val %s", worker.epoch, record["train_loss"], describe_scores(cfg.task_spec, record))
+        save_checkpoint(worker, record)
