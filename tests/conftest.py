@@ -21,6 +21,27 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
+    fixture must be marked slow."""
+    unmarked = [i.nodeid for i in items if "ray_local" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"tests that start Ray without @pytest.mark.slow: {unmarked}")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request, monkeypatch):
+    """A test of the fast tier that calls ``ray.init`` in this process fails, naming the fix."""
+    if request.node.get_closest_marker("slow") is None:
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a test that starts Ray must be marked @pytest.mark.slow")
+
+        monkeypatch.setattr(ray, "init", refuse)
+    yield
+
+
 def official_sam(arch: str = "tiny", seed: int = 123, **overrides) -> Sam:
     """A segment_anything ``Sam`` with the sizes of one of our archs (random weights).
 

@@ -156,6 +156,7 @@ def test_prepare_job_cli(tmp_path):
     assert r.returncode == 2 and "--images" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_s3_round_trip_with_ray_data_and_pyarrow(s3_server, ray_local, tmp_path):
     uri = "s3://test-bucket/datasets/synth"
