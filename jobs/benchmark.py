@@ -122,23 +122,27 @@ def _table(rows, columns):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
-    from samadapter import benchmark as bench
+    from samadapter.bench.common import describe_machine
     from samadapter.modeling.arch import arch_config
 
     img_size = args.img_size or arch_config(args.arch).img_size
-    machine = bench.describe_machine()
+    machine = describe_machine()
     if args.mode == "model":
-        rows = bench.bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
+        from samadapter.bench.model import bench_model
+
+        rows = bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
                              warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
         cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "median_s",
                 "gflop_per_image", "tflops", "fraction_of_peak", "peak_mem_gib"]
     elif args.mode == "train-step":
-        rows = bench.bench_train_step(args.arch, img_size, args.batch_size, args.attention,
+        from samadapter.bench.model import bench_train_step
+
+        rows = bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
     elif args.mode == "vs-reference":
         from samadapter.cli import guarded
-        from samadapter.reference_benchmark import bench_vs_reference
+        from samadapter.bench.reference import bench_vs_reference
 
         rows, status = guarded(lambda: bench_vs_reference(
             args.reference, args.arch, img_size, args.batch_size, args.attention, rounds=args.rounds,
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
     elif args.mode == "stages":
         import torch
 
-        from samadapter.stage_benchmark import bench_stages
+        from samadapter.bench.stages import bench_stages
 
         torch.set_num_threads(1)
         rows = bench_stages([float(m) for m in args.megapixels.split(",")], image=args.image,
@@ -159,30 +163,32 @@ def main(argv=None) -> int:
                 "cpu_ms_total", "encoded_bytes_per_image", "model_input_bytes_per_image", "model_output_bytes_per_image",
                 "mask_png_bytes_per_image"]
     elif args.mode == "train-epoch":
-        from samadapter.train_benchmark import bench_train_epoch
+        from samadapter.bench.train_epoch import bench_train_epoch
 
         rows = bench_train_epoch(args.arch, args.img_size or 128, args.workers, args.train_rows, args.val_rows,
                                  args.epochs, args.batch_size)
         cols = ["epoch", "workers", "train_rows", "val_rows", "val_rows_read", "train_seconds", "val_seconds",
                 "train_images_per_s", "s_measure"]
     elif args.mode == "cold-start":
-        from samadapter.cold_start_benchmark import bench_cold_start
+        from samadapter.bench.cold_start import bench_cold_start
 
         rows = bench_cold_start(args.arch, args.img_size, repeats=args.repeats or 3, threads=args.threads)
         cols = ["arch", "checkpoint_mib", "read_seconds", "build_seconds", "full_build_seconds", "build_vs_read",
                 "full_build_vs_read", "read_peak_rss_mib", "build_peak_rss_mib", "full_build_peak_rss_mib"]
     elif args.mode == "plan" and args.history_nights:
-        from samadapter.plan_benchmark import bench_history
+        from samadapter.bench.plan import bench_history
 
         rows = bench_history(int(args.keys.split(",")[0]), args.history_nights, args.files_per_night, cpus=args.cpus)
         cols = ["history_nights", "ledger_files", "compacted", "seconds", "driver_peak_rss_mib", "to_do"]
     elif args.mode == "plan":
-        from samadapter.plan_benchmark import bench_plan
+        from samadapter.bench.plan import bench_plan
 
         rows = bench_plan([int(k) for k in args.keys.split(",")], cpus=args.cpus)
         cols = ["keys", "seconds", "driver_peak_rss_mib", "to_do", "done"]
     else:
-        rows = [bench.bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
+        from samadapter.bench.pipeline import bench_pipeline
+
+        rows = [bench_pipeline(args.arch, img_size, args.images, args.scene_size, args.batch_size,
                                  warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3,
                                  max_actors=args.max_actors)]
         cols = ["arch", "images", "batch", "model_threads", "turns", "bare_images_per_s", "pipeline_images_per_s", "ratio",

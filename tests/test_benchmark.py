@@ -43,7 +43,7 @@ def test_pipeline_mode_on_tiny(tmp_path):
 
 
 def test_mask_times_from_the_masks_files(tmp_path):
-    from samadapter.benchmark import mask_times
+    from samadapter.bench.pipeline import mask_times
 
     # masks in bursts of three, one burst every 1.5 s, the first 2 s after the start (a
     # block through the model at once); one in a sub-folder; files that are not masks do
@@ -98,7 +98,7 @@ class ImageEncoderViT(nn.Module):
 @pytest.mark.timeout(300)
 def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
     from samadapter.modeling.arch import arch_config
-    from samadapter.reference_benchmark import REFERENCE_FILE
+    from samadapter.bench.reference import REFERENCE_FILE
 
     checkout = tmp_path / "SAM-Adapter-PyTorch"
     (checkout / REFERENCE_FILE).parent.mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_stages_mode_reports_each_stage_per_photo_size(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_stage_benchmark_leaves_the_callers_environment_alone(monkeypatch):
-    from samadapter.stage_benchmark import SINGLE_THREADED, bench_stages
+    from samadapter.bench.stages import SINGLE_THREADED, bench_stages
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")

@@ -24,15 +24,15 @@ import time
 from statistics import median
 from typing import Dict, List, Optional
 
-from .benchmark import _peak_rss_bytes, _run_isolated
+from .common import _peak_rss_bytes, in_child
 
 
 def write_shaped_checkpoint(arch: str, path: str, **overrides) -> int:
     """A SAM-layout checkpoint of ``arch``'s shapes (zeros) at ``path``; returns its size in bytes."""
     import torch
 
-    from .modeling.arch import PROMPT_PREFIX
-    from .modeling.build import arch_config, build_from_config
+    from ..modeling.arch import PROMPT_PREFIX
+    from ..modeling.build import arch_config, build_from_config
 
     with torch.device("meta"):
         model = build_from_config(arch_config(arch, **overrides))
@@ -45,9 +45,9 @@ def _case(kind: str, arch: str, path: str, overrides: dict, threads: int) -> Dic
     import torch
 
     torch.set_num_threads(threads)
-    from .modeling import build_model
-    from .modeling import weights
-    from .modeling.build import arch_config, build_from_config
+    from ..modeling import build_model
+    from ..modeling import weights
+    from ..modeling.build import arch_config, build_from_config
 
     start = time.perf_counter()
     if kind == "read":
@@ -75,7 +75,7 @@ def bench_cold_start(arch: str, img_size: Optional[int] = None, repeats: int = 3
         runs: Dict[str, List[dict]] = {k: [] for k in kinds}
         for turn in range(repeats):
             for kind in kinds[turn % 3:] + kinds[:turn % 3]:  # each kind goes first in some turn
-                runs[kind].append(_run_isolated(_case, {"kind": kind, "arch": arch, "path": path,
+                runs[kind].append(in_child(_case, {"kind": kind, "arch": arch, "path": path,
                                                         "overrides": overrides, "threads": threads}))
     row = {"arch": arch, "img_size": img_size, "checkpoint_mib": size / 2**20, "repeats": repeats}
     for kind in kinds:

@@ -22,7 +22,6 @@ counts every thread).
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import tempfile
 import time
@@ -31,8 +30,9 @@ from typing import Callable, List, Optional
 import numpy as np
 from PIL import Image
 
-from . import storage
-from .data.transforms import decode_image, encode_png, low_res_mask, resize_for_model
+from .. import storage
+from .common import in_child
+from ..data.transforms import decode_image, encode_png, low_res_mask, resize_for_model
 
 
 def _cpu_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -59,22 +59,14 @@ SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM
 def bench_stages(megapixels: List[float], image: Optional[str] = None, img_size: int = 1024,
                  resize_mode: str = "squash", repeats: int = 3) -> List[dict]:
     """One row per photo size, measured in a fresh single-threaded process."""
-    saved = {k: os.environ.get(k) for k in SINGLE_THREADED}
-    os.environ.update(SINGLE_THREADED)  # a spawned child reads them before importing numpy
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_bench_stages, (megapixels, image, img_size, resize_mode, repeats))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # a spawned child reads them before importing numpy
+    return in_child(_bench_stages, dict(megapixels=megapixels, image=image, img_size=img_size,
+                                        resize_mode=resize_mode, repeats=repeats), env=SINGLE_THREADED)
 
 
 def _bench_stages(megapixels: List[float], image: Optional[str], img_size: int, resize_mode: str,
                   repeats: int) -> List[dict]:
-    from .data.synthetic import make_scene
+    from ..data.synthetic import make_scene
 
     scene, mask = make_scene(1234, 3, 768)
     source = Image.open(image).convert("RGB") if image else Image.fromarray(scene)

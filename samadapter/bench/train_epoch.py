@@ -19,11 +19,11 @@ def bench_train_epoch(arch: str = "tiny", img_size: int = 128, workers: int = 2,
                       val_rows: int = 16, epochs: int = 2, batch_size: int = 4) -> List[dict]:
     import ray
 
-    from .data.prepare import prepare_dataset
-    from .data.sources import synthetic_listing
-    from .train.config import TrainConfig
-    from .train.driver import run_training
-    from .checkpoints import read_metrics_lines
+    from ..data.prepare import prepare_dataset
+    from ..data.sources import synthetic_listing
+    from ..train.config import TrainConfig
+    from ..train.driver import run_training
+    from ..checkpoints import read_metrics_lines
 
     with tempfile.TemporaryDirectory(prefix="samadapter-train-epoch-") as tmp:
         dataset = os.path.join(tmp, "data")

@@ -14,15 +14,14 @@ Reported: history_nights, ledger_files, seconds, driver_peak_rss_mib, compacted.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from typing import Dict, List
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .common import program
 
 ROWS_PER_FILE = 250_000
 
@@ -36,8 +35,8 @@ def _uris(start: int, stop: int, day: str, older_from: int = -1) -> pa.Array:
 def make_inputs(folder: str, keys: int, fingerprint: str = "0123456789abcdef", ledger_files: int = 0) -> Dict[str, str]:
     """A key list of ``keys`` URIs and a ledger of as many rows (half overlapping), in
     ``ledger_files`` files (default: one per ``ROWS_PER_FILE`` rows)."""
-    from .segment import layout
-    from .segment.ledger import FILE_SCHEMA
+    from ..segment import layout
+    from ..segment.ledger import FILE_SCHEMA
 
     key_dir = os.path.join(folder, "keys")
     os.makedirs(key_dir, exist_ok=True)
@@ -84,31 +83,18 @@ print("COMPACTED " + json.dumps(compact_ledger(json.loads(sys.argv[1])["output"]
 """
 
 
-def _child(script: str, args: dict, env: dict, tag: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True, env=env)
-    lines = [line for line in r.stdout.splitlines() if line.startswith(tag + " ")]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"plan benchmark failed ({tag}, exit {r.returncode}): {r.stderr[-3000:]}")
-    return json.loads(lines[-1][len(tag) + 1:])
-
-
-def _env() -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-
-
 def _ledger_file_count(output: str) -> int:
-    from .segment import compaction
+    from ..segment import compaction
 
     return sum(len(files) for files in compaction.files_by_fingerprint(output).values())
 
 
 def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 2) -> List[dict]:
     """The plan of a night over a year of ledger files, before and after compaction."""
-    from .modeling import build_model
-    from .checkpoints import ADAPTER_FILE
+    from ..modeling import build_model
+    from ..checkpoints import ADAPTER_FILE
 
-    env, rows = _env(), []
+    rows = []
     with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
         adapter = os.path.join(tmp, ADAPTER_FILE)
         build_model("tiny", img_size=64).save_adapter(adapter)
@@ -116,9 +102,9 @@ def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 
         args = dict(paths, keys=keys, adapter=adapter, cpus=cpus)
         for compacted in (False, True):
             if compacted:
-                _child(_COMPACT, args, env, "COMPACTED")
+                program(_COMPACT, args, "COMPACTED")
             files = _ledger_file_count(paths["output"])
-            row = _child(_CHILD, args, env, "PLAN")
+            row = program(_CHILD, args, "PLAN")
             rows.append({"history_nights": nights, "ledger_files": files, "seconds": row["seconds"],
                          "driver_peak_rss_mib": row["driver_peak_rss_mib"], "compacted": compacted,
                          "to_do": row["plan"]["to do tonight"]})
@@ -126,10 +112,9 @@ def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 
 
 
 def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
-    from .modeling import build_model
-    from .checkpoints import ADAPTER_FILE
+    from ..modeling import build_model
+    from ..checkpoints import ADAPTER_FILE
 
-    env = _env()
     rows = []
     with tempfile.TemporaryDirectory(prefix="samadapter-plan-") as tmp:
         adapter = os.path.join(tmp, ADAPTER_FILE)
@@ -138,7 +123,7 @@ def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
             folder = os.path.join(tmp, f"n{n}")
             paths = make_inputs(folder, n)
             args = dict(paths, keys=n, adapter=adapter, cpus=cpus)
-            row = _child(_CHILD, args, env, "PLAN")
+            row = program(_CHILD, args, "PLAN")
             plan = row.pop("plan")
             row["to_do"] = plan["to do tonight"]
             row["done"] = plan["done by this model"] + plan["done by other models only (--backfill redoes them)"]

@@ -65,8 +65,8 @@ def _encoder(impl: str, arch: str, img_size: int, reference: str):
     ``build_model`` leaves it for training, without activation checkpointing."""
     import torch
 
-    from .modeling import build_model
-    from .modeling.arch import arch_config
+    from ..modeling import build_model
+    from ..modeling.arch import arch_config
 
     if impl == "reference":
         cfg = arch_config(arch, img_size=img_size)
@@ -89,10 +89,10 @@ def _encoder_case(impl: str, arch: str, img_size: int, batch: int, warmup: int, 
                   reference: str) -> dict:
     import torch
 
-    from .benchmark import _device, time_with_peak_memory
+    from .common import current_device, time_with_peak_memory
 
     torch.set_num_threads(threads)
-    device = _device()
+    device = current_device()
     encoder, trainable = _encoder(impl, arch, img_size, reference)
     encoder = encoder.to(device)
     x = torch.randn(batch, 3, img_size, img_size, device=device, generator=torch.Generator(device).manual_seed(0))
@@ -111,7 +111,7 @@ def bench_vs_reference(reference: str, arch: str, img_size: int, batch: int, att
     reference's; below 1 is faster)."""
     import torch
 
-    from .benchmark import _device, _run_isolated
+    from .common import current_device, in_child
 
     reference_encoder_file(reference)  # fail before any work
     threads = torch.get_num_threads()
@@ -120,7 +120,7 @@ def bench_vs_reference(reference: str, arch: str, img_size: int, batch: int, att
     cases: Dict[str, List[dict]] = {i: [] for i in impls}
     for _ in range(rounds):
         for impl in impls:
-            case = _run_isolated(_encoder_case, dict(impl=impl, arch=arch, img_size=img_size, batch=batch, warmup=warmup,
+            case = in_child(_encoder_case, dict(impl=impl, arch=arch, img_size=img_size, batch=batch, warmup=warmup,
                                                      repeats=repeats, threads=threads, reference=reference))
             cases[impl].append(case)
             steps[impl] += case["times_s"]
@@ -128,7 +128,7 @@ def bench_vs_reference(reference: str, arch: str, img_size: int, batch: int, att
     rows = []
     for impl in impls:
         median = statistics.median(steps[impl])
-        rows.append({"mode": "vs-reference", "arch": arch, "img_size": img_size, "batch": batch, "device": _device().type,
+        rows.append({"mode": "vs-reference", "arch": arch, "img_size": img_size, "batch": batch, "device": current_device().type,
                      "impl": impl, "trainable_params": cases[impl][0]["trainable_params"], "rounds": rounds,
                      "median_s": median, "min_s": min(steps[impl]), "max_s": max(steps[impl]),
                      "round_medians_s": [c["median_s"] for c in cases[impl]],
