@@ -35,8 +35,8 @@ def to_model_input(images, model) -> torch.Tensor:
     (SAM's pixel mean/std).
 
     A quarter of float32's bytes cross the object store and the host-to-device copy
-    (pinned, non-blocking on CUDA); padding zeros are normalised like the rest, as
-    ``transforms.normalize`` does. Training, validation and the segment job all use it.
+    (pinned, non-blocking on CUDA); padding zeros are normalised like the rest. Training,
+    validation, evaluation and the segment job all use it.
     """
     import numpy as np
 

@@ -16,7 +16,7 @@ from PIL import Image
 from samadapter import storage
 from samadapter.data import sources
 from samadapter.data.prepare import prepare_dataset
-from samadapter.data.reading import iter_decoded_batches, iter_records, read_split
+from samadapter.data.reading import decode_records, iter_records, read_split
 from samadapter.data.records import DatasetExistsError, read_dataset_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,13 +134,13 @@ def test_existing_dataset_needs_overwrite_and_shards_roll_over(tmp_path):
 def test_decoded_batches_without_ray(tmp_path):
     out = str(tmp_path / "ds")
     prepare_dataset(sources.synthetic_listing(6, 2, size=96, seed=2), out, progress=False)
-    batches = list(iter_decoded_batches(out, "train", batch_size=4, img_size=64))
+    batches = [decode_records(rows, 64) for rows in iter_records(out, "train", batch_size=4)]
     assert [len(b["image_id"]) for b in batches] == [4, 2]
     b = batches[0]
     assert b["images"].shape == (4, 64, 64, 3) and b["images"].dtype == np.uint8 and b["masks"].shape == (4, 64, 64)
     assert b["height"].tolist() == [96] * 4
     with pytest.raises(ValueError, match="no split 'val'"):
-        list(iter_decoded_batches(out, "val", batch_size=4, img_size=64))
+        list(iter_records(out, "val", batch_size=4))
 
 
 def test_prepare_job_cli(tmp_path):

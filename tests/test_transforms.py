@@ -12,6 +12,12 @@ from samadapter.data import transforms as T
 from samadapter.data.synthetic import make_scene
 
 
+def _tiny_model():
+    from samadapter import build_model
+
+    return build_model("tiny")  # its normalize(): SAM's pixel statistics
+
+
 def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
@@ -146,9 +152,9 @@ def test_flip_keeps_image_and_mask_aligned():
     assert np.array_equal(fi[:, ::-1], image) and np.array_equal(fm[:, ::-1], mask)
     # alignment: the mean colour inside the mask is the same before and after
     assert np.allclose(image[mask == 1].mean(0), fi[fm == 1].mean(0))
-    x, y, _ = T.prepare_input(image, 64, "squash", mask, flip=True)
-    x0, y0, _ = T.prepare_input(image, 64, "squash", mask, flip=False)
-    assert np.array_equal(y, y0[:, ::-1]) and np.allclose(x, x0[:, :, ::-1])
+    x, y, _ = T.prepare_uint8(image, 64, "squash", mask, flip=True)
+    x0, y0, _ = T.prepare_uint8(image, 64, "squash", mask, flip=False)
+    assert np.array_equal(y, y0[:, ::-1]) and np.array_equal(x, x0[:, ::-1])
 
 
 @pytest.mark.parametrize("mode", T.RESIZE_MODES)
@@ -157,16 +163,20 @@ def test_resize_and_back_to_original_size(mode):
 
     from samadapter import resize_logits
 
+    from samadapter.constants import PIXEL_MEAN, PIXEL_STD
+    from samadapter.ops import to_model_input
+
     image = _rgb(37, 91)
-    x, _, valid = T.prepare_input(image, 64, mode)
-    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    x8, _, valid = T.prepare_uint8(image, 64, mode)
+    assert x8.shape == (64, 64, 3) and x8.dtype == np.uint8
+    x = to_model_input(x8[None], _tiny_model())[0].numpy()
     logits = torch.zeros(1, 1, 64, 64)
     back = resize_logits(logits, (37, 91), valid if mode == "pad" else None)
     assert tuple(back.shape[-2:]) == (37, 91)
     if mode == "pad":
         assert valid == (26, 64)
         # padding normalizes to -mean/std, the image area keeps its content
-        assert np.allclose(x[:, 40:, :], (0 - np.asarray(T.PIXEL_MEAN).reshape(3, 1, 1)) / np.asarray(T.PIXEL_STD).reshape(3, 1, 1), atol=1e-5)
+        assert np.allclose(x[:, 40:, :], (0 - np.asarray(PIXEL_MEAN).reshape(3, 1, 1)) / np.asarray(PIXEL_STD).reshape(3, 1, 1), atol=1e-5)
 
 
 def _smooth_low_res(s: int, seed: int) -> np.ndarray:
@@ -215,10 +225,12 @@ def test_binary_png_reads_back_as_the_same_mask():
     assert len(data) < len(T.encode_mask_png(mask))
 
 
-def test_normalize_matches_sam_constants():
-    image = np.full((4, 4, 3), [123.675, 116.28, 103.53], dtype=np.float32).astype(np.uint8)
-    x = T.normalize(image)
-    assert np.abs(x).max() < 0.02
+def test_model_inputs_are_normalised_with_sams_constants():
+    from samadapter.ops import to_model_input
+
+    image = np.full((1, 4, 4, 3), [123.675, 116.28, 103.53], dtype=np.float32).astype(np.uint8)
+    x = to_model_input(image, _tiny_model())
+    assert x.shape == (1, 3, 4, 4) and x.dtype.is_floating_point and x.abs().max() < 0.02
 
 
 def test_synthetic_scenes_are_deterministic_and_camouflaged():

@@ -12,7 +12,8 @@ import torch
 from samadapter import build_model
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.reading import decode_for_validation, iter_records, unpack_ground_truth
-from samadapter.data.transforms import decode_sample, prepare_input, prepare_uint8
+from samadapter.constants import PIXEL_MEAN, PIXEL_STD
+from samadapter.data.transforms import decode_sample, prepare_uint8
 from samadapter.ops import to_model_input
 from samadapter.train.losses import segmentation_loss
 from samadapter.train.validation import score_batches
@@ -59,14 +60,14 @@ def _samples(dataset, n=4):
 
 @pytest.mark.parametrize("mode", ["squash", "pad"])
 def test_uint8_inputs_give_the_float_paths_loss(dataset, mode):
+    """uint8 rows normalised on the device give the loss of float inputs normalised on the host."""
     torch.manual_seed(0)
     model = build_model("tiny", img_size=SIZE)
     samples = _samples(dataset)
-    floats = [prepare_input(d.image, SIZE, mode, d.mask, flip=True) for d in samples]
     uint8s = [prepare_uint8(d.image, SIZE, mode, d.mask, flip=True) for d in samples]
-    y = torch.from_numpy(np.stack([f[1] for f in floats]))[:, None].float()
-    assert np.array_equal(np.stack([u[1] for u in uint8s]), y[:, 0].numpy())
-    x_float = torch.from_numpy(np.stack([f[0] for f in floats]))
+    mean, std = (np.asarray(v, np.float32).reshape(3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
+    x_float = torch.from_numpy(np.stack([(u[0].transpose(2, 0, 1).astype(np.float32) - mean) / std for u in uint8s]))
+    y = torch.from_numpy(np.stack([u[1] for u in uint8s]))[:, None].float()
     x_uint8 = to_model_input(np.stack([u[0] for u in uint8s]), model)
     assert x_uint8.dtype == torch.float32 and torch.allclose(x_uint8, x_float, atol=1e-5)
     loss_float = segmentation_loss(model(x_float), y, 1.0, 1.0)
@@ -93,8 +94,9 @@ def test_a_row_that_fails_to_decode_is_kept_and_counted():
 
 @pytest.mark.parametrize("mode", ["squash", "pad"])
 def test_validation_scores_equal_jobs_evaluate(dataset, checkpoint, mode):
-    """The training loop's validation (uint8 rows from the Ray Data decode stage) and
-    jobs/evaluate.py (its own decode and normalisation) score a checkpoint the same."""
+    """The training loop's validation (decoded batches as the Ray Data stage makes them,
+    scored by score_batches) and jobs/evaluate.py (evaluate_checkpoint: its own reading,
+    thumbnails, skipped rows) score a checkpoint the same."""
     from samadapter.evaluate.evaluation import evaluate_checkpoint
     from samadapter.modeling import build_from_adapter
 
@@ -134,3 +136,29 @@ def test_every_validation_row_is_read_once_across_two_workers(ray_local, dataset
             t.join(timeout=240)
         ids = seen[0] + seen[1]
         assert len(ids) == 9 and len(set(ids)) == 9
+
+
+def test_one_inference_path_keeps_order_failed_rows_and_thumbnails(dataset, checkpoint):
+    from samadapter.evaluate.evaluation import THUMB_HEIGHT, evaluate_checkpoint, example_grid
+    from samadapter.evaluate.predict import predict_batches, predict_split
+    from samadapter.modeling import build_from_adapter
+
+    model = build_from_adapter(checkpoint)
+    rows = next(iter_records(dataset, "test", columns=["image_id", "image", "mask"], batch_size=3))
+    rows = {k: list(v) for k, v in rows.items()}
+    rows["image_id"].insert(1, "broken")
+    rows["image"].insert(1, b"not an image")
+    rows["mask"].insert(1, b"x")
+    batch = decode_for_validation(rows, SIZE, "squash", thumb_height=20)
+    model.train()
+    got = list(predict_batches(model, [batch], "squash", bf16=False))
+    assert [p.image_id for p in got] == rows["image_id"]  # in order, the failed row in its place
+    assert got[1].prob is None and got[1].status == "not_an_image" and got[1].thumb is None
+    for p in got[:1] + got[2:]:
+        assert p.status == "ok" and p.prob.shape == p.gt.shape and p.thumb.shape[0] == 20
+        assert p.prob.dtype == np.float32 and 0 <= p.prob.min() and p.prob.max() <= 1
+    assert model.training  # run in eval mode, then its mode restored
+    split = list(predict_split(model, dataset, "test", batch_size=4, thumb_height=THUMB_HEIGHT))
+    assert len(split) == 9 and all(p.thumb.shape[0] == THUMB_HEIGHT for p in split)
+    ev = evaluate_checkpoint(dataset, "test", checkpoint, batch_size=4)
+    assert len(ev.examples) == 9 and example_grid(ev).shape[1] >= 3 * THUMB_HEIGHT // 2

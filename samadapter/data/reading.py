@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 
 from .. import storage
 from .records import COLUMNS, read_dataset_info, split_uri
-from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_uint8
+from .transforms import DEFAULT_MAX_PIXELS, decode_sample, prepare_uint8, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -116,29 +116,6 @@ def decode_records(
     return out
 
 
-def iter_decoded_batches(
-    dataset_uri: str,
-    split: str,
-    *,
-    batch_size: int,
-    img_size: int,
-    resize_mode: str = "squash",
-    with_masks: bool = True,
-    flip_rng: Optional[np.random.Generator] = None,
-) -> Iterator[Dict[str, np.ndarray]]:
-    """Decoded numpy batches of a split without Ray (tests, evaluation, benchmark baseline).
-
-    Batches may be smaller than ``batch_size`` when rows fail to decode.
-    """
-    cols = ["image_id", "image"] + (["mask"] if with_masks else [])
-    for records in iter_records(dataset_uri, split, columns=cols, batch_size=batch_size):
-        out = decode_records(records, img_size, resize_mode=resize_mode, with_masks=with_masks, flip_rng=flip_rng)
-        for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
-            log.warning("skipping %s: %s (%s)", bid, status, reason)
-        if len(out["image_id"]):
-            yield out
-
-
 def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, hflip: bool) -> Dict[str, np.ndarray]:
     """Ray Data ``map_batches`` stage of training: encoded rows -> images + masks at the
     model size, randomly flipped when ``hflip``.
@@ -159,30 +136,42 @@ def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode
     return {"images": out["images"], "masks": out["masks"]}
 
 
-def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str) -> Dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` stage of validation: one output row per input row.
+def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str,
+                          thumb_height: int = 0) -> Dict[str, np.ndarray]:
+    """Decode a split's rows for scoring (training's validation, ``jobs/evaluate.py``): one
+    output row per input row.
 
     ``images`` N x S x S x 3 uint8 model inputs, the ground truth at its original size as
     packed bits (``gt_bits``, ``gt_h``, ``gt_w``: H*W/8 bytes, not H*W), ``valid_h``/``valid_w``
-    for ``pad`` mode, and ``ok``: rows that failed to decode stay (zero image, ``ok`` False)
-    so that validation counts them once instead of losing them.
+    for ``pad`` mode, and ``ok``: rows that failed to decode stay (zero image, ``ok`` False,
+    ``status``/``reason`` saying why) so that scoring counts them once instead of losing them.
+    ``thumb_height`` > 0 adds ``thumb``: the image at that height (evaluation's examples).
     """
     n = len(batch["image_id"])
     images = np.zeros((n, img_size, img_size, 3), np.uint8)
     ok = np.zeros(n, bool)
     gt_bits: List[bytes] = [b""] * n
+    status, reason, thumbs = ["ok"] * n, [""] * n, [None] * n
     gt_h, gt_w, valid_h, valid_w = (np.zeros(n, np.int32) for _ in range(4))
     for i in range(n):
         decoded = decode_sample(batch["image"][i], batch["mask"][i], require_mask=True)
         if not decoded.ok:
-            log.warning("validation row %s: %s (%s)", batch["image_id"][i], decoded.status, decoded.reason)
+            log.warning("row %s: %s (%s)", batch["image_id"][i], decoded.status, decoded.reason)
+            status[i], reason[i] = decoded.status, decoded.reason
             continue
         images[i], _, (valid_h[i], valid_w[i]) = prepare_uint8(decoded.image, img_size, resize_mode)
         gt_h[i], gt_w[i] = decoded.mask.shape
         gt_bits[i] = np.packbits(decoded.mask.astype(bool)).tobytes()
+        if thumb_height:
+            thumbs[i] = thumbnail(decoded.image, thumb_height)
         ok[i] = True
-    return {"image_id": np.asarray([str(x) for x in batch["image_id"]], dtype=object), "images": images, "ok": ok,
-            "gt_bits": np.asarray(gt_bits, dtype=object), "gt_h": gt_h, "gt_w": gt_w, "valid_h": valid_h, "valid_w": valid_w}
+    out = {"image_id": np.asarray([str(x) for x in batch["image_id"]], dtype=object), "images": images, "ok": ok,
+           "gt_bits": np.asarray(gt_bits, dtype=object), "gt_h": gt_h, "gt_w": gt_w, "valid_h": valid_h,
+           "valid_w": valid_w, "status": np.asarray(status, dtype=object), "reason": np.asarray(reason, dtype=object)}
+    if thumb_height:
+        out["thumb"] = np.empty(n, dtype=object)
+        out["thumb"][:] = thumbs
+    return out
 
 
 def unpack_ground_truth(bits: bytes, height: int, width: int) -> np.ndarray:

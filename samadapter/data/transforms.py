@@ -17,8 +17,6 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..constants import PIXEL_MEAN, PIXEL_STD
-
 DEFAULT_MAX_PIXELS = 100_000_000
 
 OK = "ok"
@@ -36,8 +34,6 @@ RESIZE_MODES = ("squash", "pad")
 # Never decode partial data silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-_MEAN = np.asarray(PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.asarray(PIXEL_STD, dtype=np.float32).reshape(3, 1, 1)
 
 
 @dataclass
@@ -300,14 +296,10 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """size x size x 3 uint8 -> 3 x size x size float32 with SAM's pixel mean/std.
-
-    Padding (zeros) is normalized too; callers that pad pass ``valid_size`` to
-    :func:`samadapter.resize_logits` so the padding never reaches an output.
-    """
-    chw = image.transpose(2, 0, 1).astype(np.float32)
-    return (chw - _MEAN) / _STD
+def thumbnail(image: np.ndarray, height: int, mode: str = "RGB") -> np.ndarray:
+    """An H x W (x C) uint8 array scaled to ``height`` (aspect kept) as an RGB array."""
+    width = max(1, int(round(image.shape[1] * height / image.shape[0])))
+    return np.asarray(Image.fromarray(image).convert(mode).resize((width, height), Image.BILINEAR).convert("RGB"))
 
 
 def hflip(image: np.ndarray, mask: Optional[np.ndarray] = None):
@@ -341,17 +333,3 @@ def prepare_uint8(
     return x, y, resized_size(image.shape[0], image.shape[1], size, mode)
 
 
-def prepare_input(
-    image: np.ndarray,
-    size: int,
-    mode: str = "squash",
-    mask: Optional[np.ndarray] = None,
-    flip: bool = False,
-):
-    """One decoded sample -> normalised float model input (and target).
-
-    Returns:
-        (3 x size x size float32 input, size x size uint8 target or None, (h, w) valid size)
-    """
-    x, y, valid = prepare_uint8(image, size, mode, mask, flip)
-    return normalize(x), y, valid

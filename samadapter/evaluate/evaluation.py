@@ -18,7 +18,7 @@ from PIL import Image
 
 from .. import storage
 from ..data.reading import iter_records
-from ..data.transforms import decode_sample
+from ..data.transforms import decode_sample, thumbnail
 from ..metrics import format_table
 from ..segment.layout import output_key
 from ..tasks import DEFAULT_TASK, get_task
@@ -43,18 +43,14 @@ def _rows(dataset: str, split: str, batch_size: int = 16):
 THUMB_HEIGHT = 160
 
 
-def _thumb(a: np.ndarray, mode: str) -> np.ndarray:
-    w = max(1, int(round(a.shape[1] * THUMB_HEIGHT / a.shape[0])))
-    return np.asarray(Image.fromarray(a).convert(mode).resize((w, THUMB_HEIGHT), Image.BILINEAR).convert("RGB"))
-
-
-def _score(metrics, per_image, examples, image_id, image, gt, prob, keep: bool) -> None:
+def _score(metrics, per_image, examples, image_id, image_thumb, gt, prob, keep: bool) -> None:
     metrics.add(prob, gt)
     score = metrics.scores[-1][metrics.image_key]
     per_image.append((image_id, score if metrics.image_higher_is_better else -score))  # higher is better
     if keep:  # thumbnails only: a test split at full resolution would not fit in memory
         examples[image_id] = np.concatenate(
-            [_thumb(image, "RGB"), _thumb((gt * 255).astype(np.uint8), "L"), _thumb((prob * 255).round().astype(np.uint8), "L")],
+            [image_thumb, thumbnail((gt * 255).astype(np.uint8), THUMB_HEIGHT, "L"),
+             thumbnail((prob * 255).round().astype(np.uint8), THUMB_HEIGHT, "L")],
             axis=1,
         )
 
@@ -83,12 +79,12 @@ def evaluate_checkpoint(
     task = task or read_adapter(adapter)[1].get("task", DEFAULT_TASK)
     model = build_from_adapter(adapter, sam_checkpoint).to(device)
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
-    for image_id, d, prob in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
-                                           bf16=device.type == "cuda"):
-        if prob is None:
-            skipped.append((image_id, f"{d.status}: {d.reason}"))
+    for p in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
+                           bf16=device.type == "cuda", thumb_height=THUMB_HEIGHT if keep_examples else 0):
+        if p.prob is None:
+            skipped.append((p.image_id, f"{p.status}: {p.reason}"))
         else:
-            _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
+            _score(metrics, per_image, examples, p.image_id, p.thumb, p.gt, p.prob, keep_examples)
     return Evaluation(metrics.results(), per_image, skipped, examples, task)
 
 
@@ -119,7 +115,8 @@ def evaluate_predictions(dataset: str, split: str, predictions: str, keep_exampl
         if prob.shape != d.mask.shape:
             skipped.append((image_id, f"prediction is {prob.shape[1]}x{prob.shape[0]}, ground truth {d.mask.shape[1]}x{d.mask.shape[0]}"))
             continue
-        _score(metrics, per_image, examples, image_id, d.image, d.mask, prob, keep_examples)
+        thumb = thumbnail(d.image, THUMB_HEIGHT) if keep_examples else None
+        _score(metrics, per_image, examples, image_id, thumb, d.mask, prob, keep_examples)
     if not len(metrics):
         raise ValueError(f"no image of split {split!r} could be scored ({len(skipped)} skipped, e.g. {skipped[:3]})")
     return Evaluation(metrics.results(), per_image, skipped, examples, task)

@@ -1,65 +1,71 @@
-"""Predictions over a dataset split at the original ground-truth sizes, for ``jobs/evaluate.py``
-(validation during training scores through ``train/validation.score_batches``)."""
+"""The one inference path over a dataset split: decoded batches (``decode_for_validation``:
+uint8 model inputs, the ground truth packed at its original size) -> the model -> a
+probability map at the ground truth's size per row.
+
+Training's validation streams the batches from Ray Data (``train/validation.py``);
+``jobs/evaluate.py`` reads them with pyarrow in one process (``predict_split``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from ..data.reading import iter_records
-from ..data.transforms import Decoded, decode_sample, prepare_uint8
+from ..data.reading import decode_for_validation, iter_records, unpack_ground_truth
 from ..ops import resize_logits, to_model_input
 
 
-def predict_split(
-    model,
-    dataset: str,
-    split: str,
-    *,
-    batch_size: int,
-    resize_mode: str = "squash",
-    bf16: bool = False,
-    select: Callable[[int], bool] = lambda index: True,
-) -> Iterator[Tuple[str, Union[Decoded, np.ndarray], Optional[np.ndarray]]]:
-    """Run ``model`` over the rows of a split that ``select(row_index)`` keeps.
+@dataclass
+class Prediction:
+    image_id: str
+    prob: Optional[np.ndarray]  # H x W float32 in [0, 1] at the ground truth's size; None: not decoded
+    gt: Optional[np.ndarray]  # H x W uint8 in {0, 1}
+    status: str  # "ok", or why the row could not be decoded (samadapter/data/transforms.py)
+    reason: str
+    thumb: Optional[np.ndarray] = None  # the image at a thumbnail's height, when the batches carry it
 
-    Yields ``(image_id, decoded, probability map at the original size)`` per good row and
-    ``(image_id, decoded, None)`` for a row that failed to decode (``decoded.status`` says
-    why). The model runs in eval mode under ``inference_mode``; its mode is restored.
-    """
-    device = next(model.parameters()).device
-    size = model.img_size
+
+def predict_batches(model, batches: Iterable[Dict[str, np.ndarray]], resize_mode: str, bf16: bool) -> Iterator[Prediction]:
+    """A :class:`Prediction` per row of ``decode_for_validation`` batches, in order: the
+    model's logits at its input size, resized to the ground truth's original size (the
+    padding left out in ``pad`` mode), through a sigmoid. The model runs in eval mode under
+    ``inference_mode``; its mode is restored."""
     was_training = model.training
     model.eval()
-    pending = []
-
-    def flush():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(to_model_input(np.stack([p[2] for p in pending]), model))
-        for i, (image_id, decoded, _, valid) in enumerate(pending):
-            full = resize_logits(logits[i : i + 1], decoded.mask.shape, valid if resize_mode == "pad" else None)
-            yield image_id, decoded, torch.sigmoid(full)[0, 0].float().cpu().numpy()
-        pending.clear()
-
+    device = model.pixel_mean.device
     try:
-        index = 0
-        for records in iter_records(dataset, split, columns=["image_id", "image", "mask"], batch_size=32):
-            for image_id, image, mask in zip(records["image_id"], records["image"], records["mask"]):
-                keep = select(index)
-                index += 1
-                if not keep:
+        for batch in batches:
+            ok = np.asarray(batch["ok"], bool)
+            logits = None
+            if ok.any():
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(to_model_input(batch["images"][ok], model))
+            thumbs = batch.get("thumb")
+            k = 0
+            for j in range(len(ok)):
+                image_id, thumb = str(batch["image_id"][j]), None if thumbs is None else thumbs[j]
+                if not ok[j]:
+                    yield Prediction(image_id, None, None, str(batch["status"][j]), str(batch["reason"][j]), thumb)
                     continue
-                decoded = decode_sample(image, mask, require_mask=True)
-                if not decoded.ok:
-                    yield image_id, decoded, None
-                    continue
-                x, _, valid = prepare_uint8(decoded.image, size, resize_mode)
-                pending.append((image_id, decoded, x, valid))
-                if len(pending) >= batch_size:
-                    yield from flush()
-        if pending:
-            yield from flush()
+                gt = unpack_ground_truth(batch["gt_bits"][j], int(batch["gt_h"][j]), int(batch["gt_w"][j]))
+                valid = (int(batch["valid_h"][j]), int(batch["valid_w"][j])) if resize_mode == "pad" else None
+                with torch.inference_mode():
+                    prob = torch.sigmoid(resize_logits(logits[k : k + 1], gt.shape, valid))[0, 0].float().cpu().numpy()
+                k += 1
+                yield Prediction(image_id, prob, gt, "ok", "", thumb)
     finally:
         model.train(was_training)
+
+
+def predict_split(model, dataset: str, split: str, *, batch_size: int, resize_mode: str = "squash",
+                  bf16: bool = False, thumb_height: int = 0) -> Iterator[Prediction]:
+    """:func:`predict_batches` over every row of a split, read with pyarrow (no Ray);
+    ``thumb_height`` > 0: each prediction carries a thumbnail of its image."""
+    def batches():
+        for rows in iter_records(dataset, split, columns=["image_id", "image", "mask"], batch_size=batch_size):
+            yield decode_for_validation(rows, model.img_size, resize_mode, thumb_height=thumb_height)
+
+    yield from predict_batches(model, batches(), resize_mode, bf16)

@@ -86,7 +86,6 @@ class Worker:
     rank: int
     world: int
     run_uri: str
-    steps_per_epoch: int
     epoch: int = 0  # epochs completed
     global_step: int = 0
 
@@ -115,7 +114,7 @@ def setup(config: dict) -> Worker:
     total = cfg.optim.epochs * (steps_per_epoch if cfg.optim.schedule_unit == "step" else 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s / total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.schedule))
-    return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"], steps_per_epoch)
+    return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"])
 
 
 def restore(worker: Worker) -> bool:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
-from ..data.reading import decode_for_validation, read_split, unpack_ground_truth
+from ..data.reading import decode_for_validation, read_split
+from ..evaluate.predict import predict_batches
 from ..tasks import DEFAULT_TASK, get_task
-from ..ops import resize_logits, to_model_input
 
 TRAIN, VAL = "train", "val"
 
@@ -65,28 +63,15 @@ def rank_and_world() -> Tuple[int, int]:
 
 def score_batches(model, batches, resize_mode: str, bf16: bool, task: str = DEFAULT_TASK) -> Tuple[object, int, int]:
     """(metrics, rows that failed to decode, rows seen) over ``decode_for_validation``
-    batches: logits at the model size, resized to each ground truth's original size, scored
-    with the task's metrics."""
+    batches, scored with the task's metrics at each ground truth's original size (the one
+    inference path, ``evaluate/predict.py``, that ``jobs/evaluate.py`` takes too)."""
     metrics, bad, rows = get_task(task).metrics(), 0, 0
-    was_training = model.training
-    model.eval()
-    device = model.pixel_mean.device
-    try:
-        for batch in batches:
-            ok = np.asarray(batch["ok"], bool)
-            rows += len(ok)
-            bad += int((~ok).sum())
-            if not ok.any():
-                continue
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(to_model_input(batch["images"][ok], model))
-            for i, j in enumerate(np.flatnonzero(ok)):
-                gt = unpack_ground_truth(batch["gt_bits"][j], int(batch["gt_h"][j]), int(batch["gt_w"][j]))
-                valid = (int(batch["valid_h"][j]), int(batch["valid_w"][j])) if resize_mode == "pad" else None
-                prob = torch.sigmoid(resize_logits(logits[i: i + 1], gt.shape, valid))[0, 0].float().cpu().numpy()
-                metrics.add(prob, gt)
-    finally:
-        model.train(was_training)
+    for p in predict_batches(model, batches, resize_mode, bf16):
+        rows += 1
+        if p.prob is None:
+            bad += 1
+        else:
+            metrics.add(p.prob, p.gt)
     return metrics, bad, rows
 
 
