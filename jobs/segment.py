@@ -36,10 +36,10 @@ Exit statuses:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from samadapter.ray_session import setup_logging
 from samadapter.cli import add_config_arguments, config_from_args, doc_parser, guarded
 from samadapter.segment.run import EXIT_STATUSES, SegmentConfig
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = doc_parser("segment.py", __doc__)
     add_config_arguments(p, SegmentConfig)  # every SegmentConfig field, with its default and choices
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own INFO log lines (default: its warnings and errors)")
     return p
 
 
@@ -61,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    setup_logging(args.verbose)
     if args.compact_ledger:
         return _compact(args)
     embedded = args.input is None and args.input_list is None and args.checkpoint is None

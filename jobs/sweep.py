@@ -20,10 +20,10 @@ best.yaml (the best trial's recipe, ready for jobs/train.py --config) next to th
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from samadapter.ray_session import setup_logging
 from samadapter.cli import doc_parser, guarded
 from samadapter.train.config import ConfigError
 
@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int,
                    help="trials at once (default: as many as the cluster's GPUs, or half its CPUs, hold now)")
     p.add_argument("--dry-run", action="store_true", help="print the sweep and its base recipe, run nothing")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own INFO log lines (default: its warnings and errors)")
     return p.parse_args(argv)
 
 
@@ -79,8 +80,8 @@ def build_spec(args: argparse.Namespace):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    setup_logging(args.verbose)
     try:
         spec = build_spec(args)
     except (ConfigError, OSError) as exc:

@@ -23,10 +23,10 @@ the shadow task on synthetic shadow scenes.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from samadapter.ray_session import setup_logging
 from samadapter.cli import doc_parser, guarded, storage_error
 from samadapter.train.config import ConfigError, TrainConfig
 
@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="optim.epochs")
     p.add_argument("--resume", action="store_true", help="require an existing run of this name to continue")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own INFO log lines (default: its warnings and errors)")
     return p.parse_args(argv)
 
 
@@ -69,8 +70,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    setup_logging(args.verbose)
     try:
         cfg = build_config(args)
     except (ConfigError, OSError) as exc:

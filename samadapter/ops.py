@@ -38,10 +38,17 @@ def to_model_input(images, model) -> torch.Tensor:
     (pinned, non-blocking on CUDA); padding zeros are normalised like the rest. Training,
     validation, evaluation and the segment job all use it.
     """
+    import warnings
+
     import numpy as np
 
     device = model.pixel_mean.device
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if isinstance(images, torch.Tensor):
+        x = images
+    else:
+        with warnings.catch_warnings():  # rows from Ray's object store are read-only; nothing here writes them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(images))
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Dict, List, Optional, Tuple
 
 
@@ -115,3 +116,14 @@ def data_config_split_options(data_config, dataset_name: str):
     validation set, ``equal=False``). ``DataConfig.configure`` is public; the two things it
     applies per dataset are not."""
     return data_config._resolve_execution_options(dataset_name), data_config._enable_shard_locality
+
+
+def train_report_logger() -> logging.Logger:
+    """The logger through which Ray Train's workers log every ``ray.train.report`` (a line
+    with the whole metrics dict, per report and rank). Ray 2.60 names it by its file path
+    (``logging.getLogger(__file__)`` in ``ray/train/v2/_internal/execution/context.py``), so
+    it sits outside the ``ray`` logger tree that Ray Train's ``LoggingConfig`` governs; the
+    level has to be set on it by that name."""
+    import importlib.util
+
+    return logging.getLogger(importlib.util.find_spec("ray.train.v2._internal.execution.context").origin)

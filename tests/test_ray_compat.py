@@ -65,3 +65,10 @@ def test_what_ray_trains_data_config_applies_to_a_split_dataset():
 
     options, locality = ray_compat.data_config_split_options(DataConfig(), "val")
     assert type(options).__name__ == "ExecutionOptions" and locality in (True, False)
+
+
+def test_the_logger_ray_train_reports_through():
+    from ray.train.v2._internal.execution import context
+
+    assert ray_compat.train_report_logger() is context.logger and context.logger.name.endswith("context.py")
+    assert not context.logger.name.startswith("ray")  # outside the tree Ray Train's LoggingConfig governs

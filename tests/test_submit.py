@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -38,3 +39,35 @@ def test_ray_job_submit_train(ray_head, tmp_path):
     assert "succeeded" in out
     assert "before training" in out and "best (epoch 1)" in out
     assert (tmp_path / "runs" / "submitted" / "metrics.jsonl").exists()
+    # the job's own lines from its workers, Ray's INFO lines (report dicts, data plans) not
+    assert "epoch 1: train loss" in out
+    assert "TrainingReport(" not in out and "Execution plan of Dataset" not in out
+
+
+_WHICH_RAY = ("import ray; from samadapter.ray_session import connect; connect(); "
+              "print('GCS', ray.get_runtime_context().gcs_address)")
+
+
+def test_a_job_without_ray_address_starts_its_own_ray_beside_another():
+    """Another Ray runs on this machine (a head, recorded where `ray start` records the
+    machine's cluster, which a bare ray.init() joins): a job without RAY_ADDRESS does not
+    join it; with RAY_ADDRESS (what `ray job submit` sets for its jobs) it does."""
+    import tempfile
+
+    head = start_head(num_cpus=1)
+    machine_tmp = tempfile.mkdtemp(prefix="rq", dir="/tmp")  # short: Ray's socket paths have a length limit
+    try:
+        os.makedirs(os.path.join(machine_tmp, "ray"))
+        with open(os.path.join(machine_tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write(head.gcs_address)
+        alone = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
+        alone["RAY_TMPDIR"] = machine_tmp
+        gcs = {}
+        for name, env in (("own", alone), ("joined", dict(alone, RAY_ADDRESS=head.gcs_address))):
+            r = subprocess.run(["python", "-c", _WHICH_RAY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+            assert r.returncode == 0, r.stderr[-3000:]
+            gcs[name] = r.stdout.split("GCS ")[-1].strip()
+        assert gcs["joined"] == head.gcs_address != gcs["own"]
+    finally:
+        head.stop()
+        shutil.rmtree(machine_tmp, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
 from ..modeling.build import check_checkpoints
 from .. import checkpoints
+from ..ray_session import connect
 from . import compaction, ledger, model, plan, resources, stages
 from .lease import Lease, LeaseHeld
 from .listing import INPUT_FORMATS
@@ -202,8 +202,7 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    connect()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     # A model actor whose constructor raises is not retried in place, and a second such
@@ -222,11 +221,8 @@ def compact_ledger(output: str, wait_for_lease: bool = False, lease_timeout_minu
     """``--compact-ledger``: under the output's lease, finish or remove interrupted
     compactions, then compact every fingerprint with two or more files; returns the files
     replaced per fingerprint."""
-    import ray
-
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-compact-" + uuid.uuid4().hex[:6]
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    connect()
     with Lease(output, run_id, lease_timeout_minutes * 60, wait=wait_for_lease):
         compaction.recover(output)
         return dict(compaction.compact_where_needed(output, 1))

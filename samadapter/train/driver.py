@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .. import storage
+from ..ray_session import connect, ray_log_level
 from ..data.reading import decode_for_training
 from ..data.records import DATASET_INFO_FILE, read_dataset_info
 from .config import ConfigError, TrainConfig
@@ -113,8 +113,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         level = logging.INFO if cfg.model.arch == "tiny" else logging.WARNING
         log.log(level, "no --sam-checkpoint: the %s base is randomly initialised; results on real data are meaningless", cfg.model.arch)
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    connect(log_to_driver=True)
 
     resolved = cfg.to_dict()
     resolved["data"]["dataset"] = dataset_uri
@@ -146,6 +145,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
             storage_filesystem=pa_fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's own console lines (a dict per report) at the job's Ray log level
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=cfg.task_spec.select_by,
                 checkpoint_score_order=cfg.task_spec.mode

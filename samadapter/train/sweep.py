@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .. import storage
+from ..ray_session import connect
 from .config import ConfigError, TrainConfig
 from ..tasks import Task, get_task
 
@@ -201,7 +202,6 @@ def default_max_concurrent(cfg: TrainConfig, num_trials: int) -> int:
 
 def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, str]:
     """Run the sweep on the current (or a new local) Ray; write the results; return their URIs."""
-    import ray
     from ray import tune
     from ray.tune import RunConfig as TuneRunConfig
 
@@ -212,8 +212,7 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
     sweep_uri = storage.join(root, spec.sweep_name())
     base_cfg.data.dataset = _absolute(ensure_embedded_dataset(base_cfg))  # once, not per trial
     base = base_cfg.to_dict()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    connect()
     grid_size = 1
     for values in spec.grid.values():
         if isinstance(values, list) and spec.search == "grid":
