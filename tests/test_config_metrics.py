@@ -156,3 +156,15 @@ def test_merged_shares_equal_one_pass():
     assert naive["mae"] != pytest.approx(whole.results()["mae"])
     with pytest.raises(ValueError, match="differ in size"):
         image_scores(preds[0], gts[0][:10])
+
+
+def test_a_recipe_that_cannot_be_read_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config nope.yaml: no such file; the recipes in configs/: .*local-tiny.yaml"):
+        TrainConfig.from_yaml("nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [\n")
+    with pytest.raises(ConfigError, match=f"--config {bad}: "):
+        TrainConfig.from_yaml(str(bad))
+    bad.write_text("optim:\n  learning_rate: 1\n")
+    with pytest.raises(ConfigError, match=f"{bad}: unknown keys in optim"):
+        TrainConfig.from_yaml(str(bad))

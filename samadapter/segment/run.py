@@ -21,7 +21,6 @@ from typing import Dict, List, Optional
 from .. import storage
 from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
-from ..modeling.build import check_checkpoints
 from .. import checkpoints
 from ..ray_session import connect
 from . import compaction, ledger, model, plan, resources, stages
@@ -198,6 +197,8 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     # Both checkpoints opened and checked here, before any Ray work: a bad file is one line
     # naming it (exit 2), not an actor that fails to start on every GPU node. A dry run
     # builds no model: it needs only the adapter (the fingerprint).
+    from ..modeling.build import check_checkpoints
+
     arch = check_checkpoints(adapter_uri, None if cfg.dry_run else cfg.sam_checkpoint)
     fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]

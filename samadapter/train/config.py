@@ -270,8 +270,21 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str) -> "TrainConfig":
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f))
+        """A recipe file; a ``ConfigError`` names the file (and, when it does not exist, the
+        recipes in ``configs/``)."""
+        if not os.path.isfile(path):
+            recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+            known = sorted(f for f in os.listdir(recipes) if f.endswith(".yaml")) if os.path.isdir(recipes) else []
+            raise ConfigError(f"--config {path}: no such file" + (f"; the recipes in configs/: {', '.join(known)}" if known else ""))
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"--config {path}: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
