@@ -47,3 +47,16 @@ def test_flags_set_every_field_and_choices_come_from_the_constants():
     with pytest.raises(SystemExit):
         job.parse_args(["--device", "tpu"])
 
+
+
+def test_inputs_that_do_not_exist_are_usage_errors_before_ray_starts(tmp_path, capsys):
+    # the fast tier refuses ray.init (conftest): these answer without Ray
+    from .conftest import tiny_adapter_and_images
+
+    job = _segment_job()
+    adapter, _ = tiny_adapter_and_images(tmp_path, 1)
+    assert job.main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), "--checkpoint", adapter]) == 2
+    assert f"input {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert job.main(["--input-list", str(tmp_path / "keys.parquet"), "--output", str(tmp_path / "out"),
+                     "--checkpoint", adapter]) == 2
+    assert "--input-list" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -192,6 +193,11 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     import ray
     import ray.data
 
+    # What can be checked without Ray is checked first: an answer in a second, not after Ray starts.
+    if cfg.input and storage.is_local(cfg.input) and not os.path.exists(storage.local_path(cfg.input)):
+        raise FileNotFoundError(f"input {cfg.input} does not exist")
+    if cfg.input_list and not storage.exists(cfg.input_list):
+        raise FileNotFoundError(f"--input-list {cfg.input_list} does not exist")
     adapter_uri = checkpoints.resolve_adapter(cfg.checkpoint)
     adapter_bytes = storage.read_bytes(adapter_uri)
     # Both checkpoints opened and checked here, before any Ray work: a bad file is one line
