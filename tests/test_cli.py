@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 
 import pytest
@@ -18,10 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _segment_job():
-    spec = importlib.util.spec_from_file_location("segment_job", os.path.join(ROOT, "jobs", "segment.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from jobs import segment
+
+    return segment
 
 
 def test_every_field_is_a_flag_with_the_configs_default():

@@ -306,12 +306,10 @@ def test_inference_nodes_have_cpus_for_the_cpu_stages():
 
 # ------------------------------------------------------------------ the nightly
 def _parse_job_args(script, args):
-    import importlib.util
+    import importlib
 
     assert os.path.exists(os.path.join(ROOT, script)), script
-    spec = importlib.util.spec_from_file_location("job_under_test", os.path.join(ROOT, script))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(script[: -len(".py")].replace("/", "."))
     ns = module.parse_args(args)  # exits (SystemExit) on an unknown flag
     if getattr(ns, "config", None):
         assert os.path.exists(os.path.join(ROOT, ns.config)), ns.config

@@ -24,11 +24,8 @@ def test_every_recipe_parses(path):
 
 
 def test_no_argument_train_job_uses_the_local_tiny_recipe():
-    import importlib.util
+    from jobs import train as job
 
-    spec = importlib.util.spec_from_file_location("train_job", os.path.join(ROOT, "jobs", "train.py"))
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     cfg = job.build_config(job.parse_args([]))
     assert cfg == TrainConfig.from_yaml(os.path.join(ROOT, "configs", "local-tiny.yaml"))
     assert cfg.model.arch == "tiny" and cfg.data.dataset is None and cfg.run.workers == 2

@@ -75,12 +75,9 @@ def test_results_table_best_first_failures_last():
 
 
 def _sweep_main():
-    import importlib.util
+    from jobs import sweep
 
-    spec = importlib.util.spec_from_file_location("sweep_job", os.path.join(ROOT, "jobs", "sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return sweep.main
 
 
 def test_sweep_cli_dry_run_and_errors(capsys):
