@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import posixpath
+import time
 import uuid
 from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 import fsspec
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 _S3_SCHEMES = ("s3", "s3a")
 S3_MAX_KEY_BYTES = 1024
@@ -199,13 +203,20 @@ def local_copy(uri: str, folder: Optional[str] = None) -> str:
     name = hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + posixpath.basename(uri.rstrip("/"))
     dest = os.path.join(folder, name)
     with open(dest + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a long wait deserves a line
+            log.info("waiting for another process on this machine to fetch %s", uri)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(dest):
             fs, path = fsspec_filesystem(uri)
             tmp = f"{dest}.{uuid.uuid4().hex}.part"
             try:
+                start = time.monotonic()
+                log.info("fetching %s into %s (once per machine)", uri, dest)
                 fs.get_file(path, tmp)
                 os.replace(tmp, dest)
+                log.info("fetched %s: %.0f MB in %.1f s", uri, os.path.getsize(dest) / 1e6, time.monotonic() - start)
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)

@@ -198,10 +198,13 @@ def test_s3_round_trip_with_ray_data_and_pyarrow(s3_server, ray_local, tmp_path)
     assert json.loads(storage.read_bytes(uri + "/_dataset.json"))["sources"] == {"synthetic": 14}
 
 
-def test_remote_weights_are_fetched_once_per_machine(s3_server, tmp_path, monkeypatch):
-    """Concurrent callers (workers on one node) share one download of a remote file."""
+def test_remote_weights_are_fetched_once_per_machine(s3_server, tmp_path, monkeypatch, caplog):
+    """Concurrent callers (workers on one node) share one download of a remote file, and
+    say what they wait for."""
+    import logging
     import threading
 
+    caplog.set_level(logging.INFO, logger="samadapter.storage")
     uri = "s3://test-bucket/weights/sam_tiny.pth"
     storage.write_bytes(uri, b"w" * 200_000)
     real = storage.fsspec_filesystem
@@ -225,5 +228,8 @@ def test_remote_weights_are_fetched_once_per_machine(s3_server, tmp_path, monkey
     assert len(paths) == 6 and len(set(paths)) == 1
     assert len(downloads) == 1
     assert open(paths[0], "rb").read() == b"w" * 200_000
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if m.startswith(f"fetching {uri} into ")]) == 1
+    assert len([m for m in said if m.startswith(f"fetched {uri}: 0 MB in ")]) == 1
     # a local path is used in place, never copied
     assert storage.local_copy(paths[0]) == paths[0]
