@@ -33,8 +33,7 @@ def setup_logging(verbose: bool = False) -> None:
     """A job's logging: samadapter's lines at INFO on stderr, Ray's at WARNING and above
     unless ``verbose``. Call first in a job's ``main``."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    os.environ[RAY_LOG_LEVEL] = "INFO" if verbose else "WARNING"
-    _ray_console_at(ray_log_level())
+    os.environ[RAY_LOG_LEVEL] = "INFO" if verbose else "WARNING"  # applied by connect(), when Ray is used
 
 
 def _ray_console_at(level: str) -> None:
@@ -68,6 +67,7 @@ def connect(**init_kwargs) -> None:
 
     if ray.is_initialized():
         return
+    _ray_console_at(ray_log_level())  # this driver's Ray loggers; worker_setup does the workers'
     address = os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         log.info("starting a local Ray of this job's own (RAY_ADDRESS=auto joins the cluster this machine is in)")
