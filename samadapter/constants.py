@@ -6,3 +6,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 # The encoder's attention paths (modeling/attention.py).
 ATTENTION_IMPLS = ("original", "fast", "auto")
+
+# The paper's task-knowledge sources (modeling/knowledge.py): the default of every architecture.
+DEFAULT_KNOWLEDGE = (
+    {"name": "fft_highpass", "weight": 1.0, "freq_ratio": 0.25},
+    {"name": "patch_embedding", "weight": 1.0},
+)

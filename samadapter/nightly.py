@@ -32,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional
+
+from .config import ConfigError, option
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +58,35 @@ _FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 @dataclass
 class NightlyConfig:
-    address: str
-    entrypoint: List[str]
-    night: Optional[str] = None  # YYYY-MM-DD (UTC); default today
-    prefix: str = "samadapter-nightly"
-    deadline_hours: float = 6.0
-    max_attempts: int = 2
-    poll_seconds: float = 10.0
-    api_grace_minutes: float = 10.0
-    working_dir: Optional[str] = None  # a runtime_env working_dir (none: the image holds the project)
-    notify: Optional[str] = None  # SNS topic ARN or webhook URL for a night that did not succeed
+    """What one night of a job is: where it is submitted, the command, deadline and attempts."""
+
+    address: str = option(help="the Ray dashboard / job API (default $RAY_ADDRESS or http://127.0.0.1:8265)",
+                          factory=lambda: os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"))
+    entrypoint: List[str] = option(help="the job's command (after --)", factory=list)
+    night: Optional[str] = option(None, "YYYY-MM-DD the run belongs to (default: today, UTC)")
+    prefix: str = option("samadapter-nightly", "submission id prefix")
+    deadline_hours: float = option(6.0, "stop an attempt still running this long after the night's first attempt "
+                                        "started")
+    max_attempts: int = option(2, "attempts per night, counting failed ones")
+    poll_seconds: float = option(10.0, "status poll interval")
+    api_grace_minutes: float = option(10.0, "keep retrying a job API that does not answer this long, then exit 5")
+    working_dir: Optional[str] = option(None, "upload this directory as the job's working_dir (default: none, the "
+                                              "image holds the project)")
+    notify: Optional[str] = option(help="where a night that did not succeed is reported: an SNS topic ARN "
+                                        "(arn:aws:sns:...) or a webhook URL receiving a JSON POST (default "
+                                        "$SAMADAPTER_NOTIFY; unset: nothing is sent)",
+                                   factory=lambda: os.environ.get("SAMADAPTER_NOTIFY") or None)
 
     def __post_init__(self) -> None:
         if not self.entrypoint:
-            raise ValueError("give the job's command after --, e.g. -- python jobs/segment.py --input ...")
+            raise ConfigError("give the job's command after --, e.g. -- python jobs/segment.py --input ...")
         if self.deadline_hours <= 0 or self.max_attempts < 1 or self.poll_seconds <= 0 or self.api_grace_minutes <= 0:
-            raise ValueError("--deadline-hours, --poll-seconds and --api-grace-minutes must be > 0, --max-attempts >= 1")
+            raise ConfigError("--deadline-hours, --poll-seconds and --api-grace-minutes must be > 0, --max-attempts >= 1")
         if self.night is not None:
-            dt.date.fromisoformat(self.night)  # raises ValueError naming the bad date
+            try:
+                dt.date.fromisoformat(self.night)
+            except ValueError as exc:
+                raise ConfigError(f"--night {self.night!r}: {exc}") from None
         if self.notify:
             from .notify import check_target
 

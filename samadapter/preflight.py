@@ -103,13 +103,14 @@ def nightly_bundles(cluster: ClusterFile, segment_args: List[str]):
     """The nightly's actor bundles at its largest pool, as the segment job builds them."""
     import argparse
 
-    from .cli import add_config_arguments
+    from . import config as settings
     from .segment import resources
     from .segment.run import SegmentConfig
 
     parser = argparse.ArgumentParser(add_help=False)
-    add_config_arguments(parser, SegmentConfig)
-    args, _ = parser.parse_known_args(segment_args)
+    settings.add_arguments(parser, SegmentConfig)  # the segment job's own flags
+    known, _ = parser.parse_known_args(segment_args)
+    args = argparse.Namespace(**settings.merge(settings.defaults(SegmentConfig), settings.resolve(SegmentConfig, known)))
     gpus = args.gpus_per_actor if args.gpus_per_actor is not None else (0.0 if args.device == "cpu" else 1.0)
     auto = cluster.autoscaler
     groups = resources.gpu_groups(auto["available_node_types"], auto["head_node_type"], auto.get("max_workers", 0))

@@ -306,14 +306,25 @@ def test_inference_nodes_have_cpus_for_the_cpu_stages():
 
 # ------------------------------------------------------------------ the nightly
 def _parse_job_args(script, args):
+    """The settings a job's command line gives (its own parser: an unknown flag exits),
+    over the config's defaults, as attributes (``segment.device``, ``nightly.entrypoint``)."""
+    import argparse
     import importlib
 
+    from samadapter import config as settings
+
     assert os.path.exists(os.path.join(ROOT, script)), script
-    module = importlib.import_module(script[: -len(".py")].replace("/", "."))
+    module = importlib.import_module("samadapter." + script[: -len(".py")].replace("/", "."))
     ns = module.parse_args(args)  # exits (SystemExit) on an unknown flag
-    if getattr(ns, "config", None):
-        assert os.path.exists(os.path.join(ROOT, ns.config)), ns.config
-    return ns
+    cls = {"nightly": "samadapter.nightly:NightlyConfig", "segment": "samadapter.segment.run:SegmentConfig",
+           "train": "samadapter.train.config:TrainConfig"}[module.__name__.rsplit(".", 1)[1]]
+    cls = getattr(importlib.import_module(cls.split(":")[0]), cls.split(":")[1])
+    if ns.config_file:
+        assert os.path.exists(os.path.join(ROOT, ns.config_file)), ns.config_file
+    values = settings.merge(settings.defaults(cls), settings.resolve(cls, argparse.Namespace(
+        config_assignments=ns.config_assignments)))
+    values.update(config=ns.config_file, **({"entrypoint": ns.entrypoint} if hasattr(ns, "entrypoint") else {}))
+    return argparse.Namespace(**values)
 
 
 def _in_image(path):

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_grid_parsing_and_validation(tmp_path):
     assert parse_grid(["model.overrides.knowledge=fft,fft+edges", "optim.lr=1e-3,3e-3"]) == {
-        "model.overrides.knowledge": ["fft", "fft+edges"], "optim.lr": ["1e-3", "3e-3"]}
+        "model.overrides.knowledge": ["fft", "fft+edges"], "optim.lr": [1e-3, 3e-3]}  # parsed for the field's type
     with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
         parse_grid(["optim.lr"])
     with pytest.raises(ConfigError, match="nothing to sweep"):
@@ -75,7 +75,7 @@ def test_results_table_best_first_failures_last():
 
 
 def _sweep_main():
-    from jobs import sweep
+    from samadapter.jobs import sweep
 
     return sweep.main
 

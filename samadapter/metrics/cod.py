@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Dict
 
 import numpy as np
-import py_sod_metrics as sod
 
 from .accumulator import ScoreAccumulator
 
@@ -48,6 +47,8 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> Dict[str, object]:
     g = _as_uint8(gt, "ground truth", binary=True)
     if p.shape != g.shape:
         raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in size; resize to the ground truth")
+    import py_sod_metrics as sod  # sklearn behind it: ~2 s to import, so only when scoring
+
     sm, em, wfm, mae = sod.Smeasure(alpha=0.5), sod.Emeasure(), sod.WeightedFmeasure(), sod.MAE()
     for m in (sm, em, wfm, mae):
         m.step(pred=p, gt=g)

@@ -1,7 +1,8 @@
 """The registry of SAM-Adapter architectures: every size of a model, by name.
 
-It imports nothing of the model but the knowledge-source registry: ``build.py`` builds from
-it and ``weights.py`` recognises checkpoints by it, with no import cycle between them.
+It imports nothing of the model: ``build.py`` builds from it and ``weights.py`` recognises
+checkpoints by it, with no import cycle between them; torch is imported only when an
+architecture is checked (its knowledge sources), so a job's ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
-from .knowledge import DEFAULT_KNOWLEDGE, normalize_knowledge
+from ..constants import DEFAULT_KNOWLEDGE
 
 # The adapter, by state-dict key: the prompt generator and the mask decoder (without its
 # unused IoU head when training). Defined once, for the model and for weight files.
@@ -67,7 +68,10 @@ class ArchConfig:
         bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1} (depth {self.depth})")
-        self.knowledge = normalize_knowledge(self.knowledge)
+        if self.knowledge is not DEFAULT_KNOWLEDGE:  # the default is canonical already (test_knowledge)
+            from .knowledge import normalize_knowledge
+
+            self.knowledge = normalize_knowledge(self.knowledge)
         if self.reference_layout and [e["name"] for e in self.knowledge] != [e["name"] for e in DEFAULT_KNOWLEDGE]:
             raise ValueError("reference_layout imports the reference implementation's model, which has the "
                              "default knowledge sources (fft_highpass + patch_embedding) only")

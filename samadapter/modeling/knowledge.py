@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import DEFAULT_KNOWLEDGE  # noqa: F401 - defined torch-free, exported here
+
 
 @dataclass(frozen=True)
 class SourceDims:
@@ -214,11 +216,6 @@ KNOWLEDGE_SOURCES: Dict[str, Type[nn.Module]] = {
 # Shorthand names (for ``--grid model.overrides.knowledge=fft,embedding,fft+embedding``).
 ALIASES = {"fft": "fft_highpass", "highpass": "fft_highpass", "embedding": "patch_embedding",
            "lowpass": "fft_lowpass", "sobel": "edges"}
-
-DEFAULT_KNOWLEDGE: Tuple[Dict[str, Any], ...] = (
-    {"name": "fft_highpass", "weight": 1.0, "freq_ratio": 0.25},
-    {"name": "patch_embedding", "weight": 1.0},
-)
 
 KnowledgeSpec = Union[str, Sequence[Union[str, Dict[str, Any]]]]
 

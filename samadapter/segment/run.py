@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .. import storage
+from ..config import ConfigError, option
 from ..constants import ATTENTION_IMPLS
 from ..data.transforms import DEFAULT_MAX_PIXELS, OK, RESIZE_MODES
 from .. import checkpoints
@@ -31,9 +32,9 @@ from .listing import INPUT_FORMATS
 log = logging.getLogger(__name__)
 
 
-def _opt(default, help: str, group: str, **meta):
-    """A SegmentConfig field with what its command-line flag needs (``cli.add_config_arguments``)."""
-    return field(default=default, metadata={"help": help, "group": group, **meta})
+def _opt(default, help: str, group: str, choices=None):
+    """A SegmentConfig field: its flag's help, group and choices (``samadapter/config.py``)."""
+    return option(default, help, group=group, choices=choices)
 
 
 IO, NIGHT, MODEL = "inputs and outputs", "what a night does", "model and resources"
@@ -60,11 +61,12 @@ class ModelStartError(RuntimeError):
 
 @dataclass
 class SegmentConfig:
-    """Everything the segment job does; ``jobs/segment.py``'s flags are generated from it."""
+    """Everything the segment job does; ``jobs/segment.py``'s flags are generated from it
+    (``samadapter/config.py``)."""
 
-    output: str = field(metadata={"help": "output prefix (URI)", "group": IO})
-    checkpoint: str = field(metadata={"help": "adapter .safetensors, a checkpoint folder, or a training run folder "
-                                              "(its best checkpoint)", "group": IO})
+    output: str = option(help="output prefix (URI)", group=IO)
+    checkpoint: str = option(help="adapter .safetensors, a checkpoint folder, or a training run folder (its best "
+                                  "checkpoint)", group=IO)
     input: Optional[str] = _opt(None, "image prefix, .tar prefix or Parquet dataset (URI)", IO)
     input_list: Optional[str] = _opt(None, "key list instead of --input: Parquet/CSV with a uri (or key) column, "
                                            "or an S3 Inventory manifest.json", IO)
@@ -112,27 +114,27 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         if self.compact_above_files < 1:
-            raise ValueError("--compact-above-files must be >= 1")
+            raise ConfigError("--compact-above-files must be >= 1")
         if self.compact_ledger:
             return
         if (self.input is None) == (self.input_list is None):
-            raise ValueError("give exactly one of --input (a prefix or dataset) and --input-list (a key list)")
+            raise ConfigError("give exactly one of --input (a prefix or dataset) and --input-list (a key list)")
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"--resize-mode {self.resize_mode!r}: choose one of {list(RESIZE_MODES)}")
+            raise ConfigError(f"--resize-mode {self.resize_mode!r}: choose one of {list(RESIZE_MODES)}")
         if self.device not in resources.DEVICES:
-            raise ValueError(f"--device {self.device!r}: choose one of {list(resources.DEVICES)}")
+            raise ConfigError(f"--device {self.device!r}: choose one of {list(resources.DEVICES)}")
         if self.batch_size < 1 or self.read_batch_size < 1 or self.ledger_rows_per_file < 1:
-            raise ValueError("--batch-size, read batch size and ledger rows per file must be >= 1")
+            raise ConfigError("--batch-size, read batch size and ledger rows per file must be >= 1")
         if self.ledger_flush_seconds <= 0 or self.lease_timeout_minutes <= 0:
-            raise ValueError("--ledger-flush-seconds and --lease-timeout-minutes must be > 0")
+            raise ConfigError("--ledger-flush-seconds and --lease-timeout-minutes must be > 0")
         if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
-            raise ValueError("--min-actors must be >= 1 and --max-actors >= --min-actors")
+            raise ConfigError("--min-actors must be >= 1 and --max-actors >= --min-actors")
         if not 0 <= self.max_failed_fraction <= 1:
-            raise ValueError("--max-failed-fraction must be in [0, 1]")
+            raise ConfigError("--max-failed-fraction must be in [0, 1]")
         if not 0 < self.threshold < 1:
-            raise ValueError("--threshold must be in (0, 1)")
+            raise ConfigError("--threshold must be in (0, 1)")
         if self.force and self.backfill:
-            raise ValueError("--force already redoes everything: drop --backfill")
+            raise ConfigError("--force already redoes everything: drop --backfill")
 
 
 @dataclass

@@ -1,45 +1,52 @@
-"""Typed training configuration: model, data, optimisation, run.
+"""Typed training configuration: a task and four sections, model, data, optim and run.
 
 Recipes are YAML files under ``configs/``: a ``task`` (camouflage, shadow, polyp, generic;
-``samadapter/tasks.py``) and four sections; ``--set section.key=value`` (or ``--set
-task=shadow``) overrides any field (values parsed as YAML). Field defaults follow the
-paper's optimisation recipe and a local run (tiny model, synthetic scenes, two CPU
-workers); ``jobs/train.py`` without ``--config`` uses ``configs/local-tiny.yaml``.
+``samadapter/tasks.py``) and the four sections. ``jobs/train.py`` takes every field as a
+flag (``--optim.lr 1e-4``, ``--model.arch vit_b``) and as ``--set section.key=value``
+(``samadapter/config.py``: one mechanism for every job). Field defaults follow the paper's
+optimisation recipe and a local run (tiny model, synthetic scenes, two CPU workers);
+``jobs/train.py`` without ``--config`` uses ``configs/local-tiny.yaml``.
+
+Torch-free: the checks that need the model's registry import it when a config is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional
 
 import yaml
 
+from .. import config as settings
 from .. import storage
+from ..config import ConfigError, option
+from ..constants import ATTENTION_IMPLS
 from ..data.synthetic import SCENES
 from ..data.transforms import RESIZE_MODES
-from ..constants import ATTENTION_IMPLS
 from ..modeling.arch import ARCHS, arch_config
 from ..tasks import DEFAULT_TASK, LOSSES, TASKS
 
+__all__ = ["ConfigError", "ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "RECIPES"]
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the fix."""
+# The recipes shipped with the project (a missing --config lists them).
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "tiny"
-    # Official SAM weights (path or URI); None: random base (meaningless on real data).
-    sam_checkpoint: Optional[str] = None
-    # Any architecture field (img_size, scale_factor, knowledge, learnable_weights, ...).
-    overrides: Dict[str, Any] = field(default_factory=dict)
-    # Checkpoint the frozen encoder blocks' activations; None: on with GPUs, off on CPU.
-    activation_checkpointing: Optional[bool] = None
-    # Encoder attention path: original (segment_anything's), fast (SDPA) or auto
-    # (fast for 14-token windows, original for smaller ones).
-    attention: str = "auto"
+    """The model: architecture, SAM weights, attention path."""
+
+    arch: str = option("tiny", "architecture (samadapter/modeling/arch.py)", choices=sorted(ARCHS))
+    sam_checkpoint: Optional[str] = option(None, "official SAM weights, path or URI (none: a random base, "
+                                                 "meaningless on real data)")
+    overrides: Dict[str, Any] = option(help="any architecture field, e.g. --set model.overrides.img_size=512 or "
+                                            "model.overrides.knowledge=fft+edges", factory=dict, metavar="YAML")
+    activation_checkpointing: Optional[bool] = option(None, "checkpoint the frozen encoder blocks' activations "
+                                                            "(default: on with GPUs, off on CPU)")
+    attention: str = option("auto", "encoder attention: original (segment_anything's), fast (SDPA) or auto (fast "
+                                    "for 14-token windows, original for smaller ones)", choices=ATTENTION_IMPLS)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -58,21 +65,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # Dataset URI written by jobs/prepare_data.py; None: the embedded synthetic dataset,
-    # generated once into cache_dir.
-    dataset: Optional[str] = None
-    train_split: str = "train"
-    val_split: str = "test"
-    resize_mode: str = "squash"
-    hflip: bool = True
-    # The embedded default dataset.
-    synthetic_train: int = 256
-    synthetic_test: int = 64
-    synthetic_size: int = 256
-    synthetic_seed: int = 0
-    cache_dir: Optional[str] = None
-    # Kind of the embedded synthetic scenes: camouflage, shadow or polyp (None: the task's).
-    synthetic_kind: Optional[str] = None
+    """The data: a dataset from jobs/prepare_data.py, or the embedded synthetic scenes."""
+
+    dataset: Optional[str] = option(None, "dataset URI from jobs/prepare_data.py (none: the embedded synthetic "
+                                          "scenes, generated once into cache_dir)")
+    train_split: str = option("train", "the split trained on")
+    val_split: str = option("test", "the split validated on (held out)")
+    resize_mode: str = option("squash", "how images are fitted to the model input", choices=RESIZE_MODES)
+    hflip: bool = option(True, "random horizontal flips while training")
+    synthetic_train: int = option(256, "embedded default: training scenes")
+    synthetic_test: int = option(64, "embedded default: test scenes")
+    synthetic_size: int = option(256, "embedded default: scene side in pixels")
+    synthetic_seed: int = option(0, "embedded default: scene seed")
+    cache_dir: Optional[str] = option(None, "where the embedded scenes are generated (default ~/.cache/samadapter)")
+    synthetic_kind: Optional[str] = option(None, "kind of the embedded scenes (default: the task's)",
+                                           choices=sorted(SCENES))
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -97,21 +104,20 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 20
-    batch_size: int = 2  # per worker
-    lr: float = 2e-4
-    min_lr: float = 1e-7
-    weight_decay: float = 0.01
-    # cosine (lr -> min_lr over all epochs) or constant
-    schedule: str = "cosine"
-    # the schedule advances per "step" or per "epoch"
-    schedule_unit: str = "epoch"
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    # bce_iou, balanced_bce, dice_bce (train/losses.py) or auto: the task's default
-    loss: str = "auto"
-    bce_weight: float = 1.0
-    iou_weight: float = 1.0
-    dice_weight: float = 1.0
+    """Optimisation: AdamW with a cosine or constant schedule."""
+
+    epochs: int = option(20, "epochs")
+    batch_size: int = option(2, "images per step per worker")
+    lr: float = option(2e-4, "peak learning rate")
+    min_lr: float = option(1e-7, "the cosine schedule's last learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    schedule: str = option("cosine", "cosine (lr -> min_lr over all epochs) or constant", choices=("cosine", "constant"))
+    schedule_unit: str = option("epoch", "the schedule advances per step or per epoch", choices=("step", "epoch"))
+    grad_clip: float = option(1.0, "max gradient norm; 0 disables")
+    loss: str = option("auto", "loss (train/losses.py); auto: the task's", choices=("auto", *LOSSES))
+    bce_weight: float = option(1.0, "weight of the BCE term")
+    iou_weight: float = option(1.0, "weight of the IoU term (bce_iou)")
+    dice_weight: float = option(1.0, "weight of the Dice term (dice_bce)")
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -137,27 +143,28 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 @dataclass
 class RunConfig:
-    # Run name: checkpoints live in <storage>/<name>; rerunning the same name resumes.
-    name: str = "local-tiny"
-    # Where runs are stored: local path or URI (s3://bucket/prefix). Default ./runs
-    storage: Optional[str] = None
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    # CPUs reserved per worker. Keep it below the node's CPU count so Ray Data has CPUs
-    # to decode with (with whole CPUs on a 2-CPU machine the data pipeline starves).
-    cpus_per_worker: float = 0.5
-    max_failures: int = 3
-    val_every: int = 1  # epochs; a checkpoint is saved at every validation
-    log_every: int = 10  # steps
-    seed: int = 0
-    bf16: Optional[bool] = None  # None: bf16 autocast on GPU, fp32 on CPU
-    # GPU model the workers must run on (Ray's accelerator type: A100, H100, A10G, L4, ...):
-    # ties training to the node group that has it (ray_cluster.yaml declares the type on
-    # each GPU node group). None: any GPU node.
-    accelerator_type: Optional[str] = None
-    # Ray placement of the workers' bundles: PACK fills one node before the next (NVLink
-    # within a node); SPREAD puts them on as many nodes as possible.
-    placement_strategy: str = "PACK"
+    """The run: its name and storage, workers and their resources."""
+
+    # Keys that earlier versions wrote into a run's config.yaml and that mean nothing now: read
+    # and dropped, so that an old run's config still loads.
+    RETIRED_KEYS: ClassVar[tuple] = ("fail_at_epoch", "fail_rank")
+
+    name: str = option("local-tiny", "run name: checkpoints live in <storage>/<name>; rerunning a name resumes it")
+    storage: Optional[str] = option(None, "where runs are kept: a path or URI such as s3://bucket/runs "
+                                          "(default ./runs)")
+    workers: int = option(2, "training workers")
+    gpus_per_worker: float = option(0.0, "GPUs per worker; 0 trains on CPU")
+    cpus_per_worker: float = option(0.5, "CPUs reserved per worker; below the node's count, so that Ray Data has "
+                                         "CPUs to decode with")
+    max_failures: int = option(3, "worker-group restarts from the latest checkpoint before the run fails")
+    val_every: int = option(1, "epochs between validations; a checkpoint is saved at each")
+    log_every: int = option(10, "steps between log lines")
+    seed: int = option(0, "seed of the data order and the adapter's init")
+    bf16: Optional[bool] = option(None, "bf16 autocast (default: on GPU, fp32 on CPU)")
+    accelerator_type: Optional[str] = option(None, "GPU model the workers must run on (Ray's accelerator type: A100, "
+                                                   "H100, A10G, L4, ...): ties training to the node group that has it")
+    placement_strategy: str = option("PACK", "placement of the workers' bundles: PACK fills one node before the next "
+                                             "(NVLink), SPREAD uses as many nodes as it can", choices=PLACEMENT_STRATEGIES)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -183,37 +190,16 @@ class RunConfig:
         return self.storage or os.path.abspath("runs")
 
 
-def _coerce(klass, key: str, value: Any) -> Any:
-    """Numbers given as strings (YAML reads 1e-4 as a string) become the field's type."""
-    kind = str(next(f.type for f in dataclasses.fields(klass) if f.name == key))
-    if not isinstance(value, str):
-        if "float" in kind and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    for name, cast in (("float", float), ("int", int)):
-        if kind in (name, f"Optional[{name}]"):
-            try:
-                return cast(value)
-            except ValueError:
-                raise ConfigError(f"{klass.__name__[:-6].lower()}.{key}: {value!r} is not a{'n' if name == 'int' else ''} {name}") from None
-    return value
-
-
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
-# Keys that earlier versions wrote into a run's config.yaml and that mean nothing now: read
-# and dropped, so that an old run's config still loads.
-_RETIRED = {"run": {"fail_at_epoch", "fail_rank"}}
-
-
 @dataclass
 class TrainConfig:
-    # camouflage, shadow, polyp or generic: the default loss, the validation metrics and
-    # the metric that picks the best checkpoint (samadapter/tasks.py)
-    task: str = DEFAULT_TASK
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    """A training recipe."""
+
+    task: str = option(DEFAULT_TASK, "the loss, the validation metrics and the metric that picks the best "
+                                     "checkpoint (samadapter/tasks.py)", choices=sorted(TASKS))
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -246,41 +232,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "TrainConfig":
-        d = dict(d or {})
-        task = d.pop("task", DEFAULT_TASK)
-        unknown = sorted(set(d) - set(_SECTIONS))
-        if unknown:
-            raise ConfigError(f"unknown config sections {unknown}; the recipe has task and the sections {list(_SECTIONS)}")
-        sections = {}
-        for name, klass in _SECTIONS.items():
-            values = d.get(name) or {}
-            if not isinstance(values, dict):
-                raise ConfigError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
-            known = {f.name for f in dataclasses.fields(klass)}
-            values = {k: v for k, v in values.items() if k not in _RETIRED.get(name, ())}
-            bad = sorted(set(values) - known)
-            if bad:
-                raise ConfigError(f"unknown keys in {name}: {bad}; known: {sorted(known)}")
-            values = {k: _coerce(klass, k, v) for k, v in values.items()}
-            try:
-                sections[name] = klass(**values)
-            except TypeError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
-        return cls(task=task, **sections)
+        return settings.from_dict(cls, d)
 
     @classmethod
     def from_yaml(cls, path: str) -> "TrainConfig":
         """A recipe file; a ``ConfigError`` names the file (and, when it does not exist, the
         recipes in ``configs/``)."""
-        if not os.path.isfile(path):
-            recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
-            known = sorted(f for f in os.listdir(recipes) if f.endswith(".yaml")) if os.path.isdir(recipes) else []
-            raise ConfigError(f"--config {path}: no such file" + (f"; the recipes in configs/: {', '.join(known)}" if known else ""))
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--config {path}: {exc}") from None
+        data = settings.load_yaml(path, "--config", RECIPES)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:
@@ -290,29 +248,21 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def with_overrides(self, assignments: List[str]) -> "TrainConfig":
-        """Apply ``section.key=value`` (or ``model.overrides.field=value``) assignments."""
-        d = self.to_dict()
+        """This recipe with ``section.key=value`` assignments (``--set``'s form: text parsed
+        for the field's type) applied in order."""
+        values = []
         for item in assignments:
-            if "=" not in item:
+            key, sep, text = item.partition("=")
+            if not sep:
                 raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=1e-4")
-            key, raw = item.split("=", 1)
-            parts = key.strip().split(".")
-            if parts == ["task"]:
-                d["task"] = yaml.safe_load(raw) if raw.strip() else None
-                continue
-            if len(parts) < 2 or parts[0] not in _SECTIONS:
-                raise ConfigError(f"--set {item!r}: the key must start with one of {list(_SECTIONS)}, e.g. run.workers=4")
-            value = yaml.safe_load(raw) if raw.strip() else None
-            target = d
-            for p in parts[:-1]:
-                if not isinstance(target.get(p), dict):
-                    if p in target and target[p] is not None:
-                        raise ConfigError(f"--set {item!r}: {p} is not a section")
-                    target[p] = {}
-                target = target[p]
-            if parts[0] != "model" or parts[1] != "overrides":
-                section_keys = {f.name for f in dataclasses.fields(_SECTIONS[parts[0]])}
-                if len(parts) == 2 and parts[1] not in section_keys:
-                    raise ConfigError(f"--set {item!r}: {parts[0]} has no key {parts[1]!r}; known: {sorted(section_keys)}")
-            target[parts[-1]] = value
+            key = key.strip()
+            values.append((key, settings.parse_text(text, settings.field_type(TrainConfig, key), key)))
+        return self.with_values(dict(values))
+
+    def with_values(self, values: Dict[str, Any]) -> "TrainConfig":
+        """This recipe with values (already typed, e.g. a sweep trial's) at dotted keys."""
+        d = self.to_dict()
+        for key, value in values.items():
+            settings.field_type(TrainConfig, key)  # an unknown key is an error naming the known ones
+            settings.assign(d, key, value)
         return TrainConfig.from_dict(d)

@@ -28,20 +28,20 @@ autoscaler adds nodes for the ones waiting); ``max_concurrent`` bounds how many 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 from .. import storage
 from ..ray_session import connect
+from .. import config as settings
+from ..config import option
 from .config import ConfigError, TrainConfig
 from ..tasks import Task, get_task
 
@@ -59,13 +59,17 @@ TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
 class SweepSpec:
     """What to sweep; see the module docstring for the file format."""
 
-    recipe: Optional[str] = None  # a recipe YAML; None: TrainConfig's defaults (jobs/sweep.py gives local-tiny.yaml)
-    set: Dict[str, Any] = field(default_factory=dict)
-    grid: Dict[str, Any] = field(default_factory=dict)
-    search: str = "grid"
-    num_samples: int = 1
-    max_concurrent: Optional[int] = None
-    name: Optional[str] = None  # default: the base run name + "-sweep"
+    recipe: Optional[str] = option(None, "the base recipe YAML (relative to the sweep file; none: TrainConfig's "
+                                         "defaults; jobs/sweep.py gives configs/local-tiny.yaml)")
+    set: Dict[str, Any] = option(help="fixed recipe values of every trial, by dotted key", factory=dict)
+    grid: Dict[str, Any] = option(help="recipe keys to vary: a list of values or a distribution", factory=dict)
+    search: str = option("grid", "grid (every combination x num_samples) or random (num_samples draws)",
+                         choices=("grid", "random"))
+    num_samples: int = option(1, "grid: repeats of the grid; random: number of trials")
+    max_concurrent: Optional[int] = option(None, "trials at once (default: as many as the cluster's GPUs, or half "
+                                                 "its CPUs, hold now)")
+    name: Optional[str] = option(None, "the sweep's name: its folder under the storage (default: the base run "
+                                       "name + -sweep)")
 
     def __post_init__(self) -> None:
         if self.search not in ("grid", "random"):
@@ -94,39 +98,47 @@ class SweepSpec:
 
     @classmethod
     def from_file(cls, path: str, **changes) -> "SweepSpec":
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ConfigError(f"{path}: unknown keys {bad}; a sweep file has {sorted(known)}")
-        if d.get("recipe") and not os.path.isabs(d["recipe"]):
-            d["recipe"] = os.path.join(os.path.dirname(os.path.abspath(path)), d["recipe"])
-        d.update({k: v for k, v in changes.items() if v is not None and v != {} and v != []})
-        return cls(**d)
+        try:
+            return settings.from_dict(cls, {**read_file(path), **{k: v for k, v in changes.items() if v not in (None, {}, [])}})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def base_config(self) -> TrainConfig:
         cfg = TrainConfig.from_yaml(self.recipe) if self.recipe else TrainConfig()
-        return cfg.with_overrides([f"{k}={json.dumps(v)}" for k, v in self.set.items()])
+        return cfg.with_values(self.set)
 
     def sweep_name(self) -> str:
         return self.name or f"{self.base_config().run.name}-sweep"
 
 
+def read_file(path: str) -> Dict[str, Any]:
+    """A sweep file as a dict, its recipe path made absolute (relative to the file)."""
+    d = settings.load_yaml(path, "--sweep")
+    if d.get("recipe") and not os.path.isabs(d["recipe"]):
+        d["recipe"] = os.path.join(os.path.dirname(os.path.abspath(path)), d["recipe"])
+    return d
+
+
 def parse_grid(items: List[str]) -> Dict[str, list]:
-    """``KEY=V1,V2,...`` (values parsed as YAML) -> {KEY: [V1, V2, ...]}."""
+    """``KEY=V1,V2,...`` -> {KEY: [V1, V2, ...]}, each value parsed for the recipe field's
+    type (``samadapter/config.py``: ``1e-4`` a float, YAML inside mappings)."""
     grid = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not raw.strip():
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... e.g. model.overrides.knowledge=fft,fft+edges")
-        grid[key.strip()] = [yaml.safe_load(v) for v in raw.split(",")]
+        key = key.strip()
+        try:
+            tp = settings.field_type(TrainConfig, key)
+            grid[key] = [settings.parse_text(v, tp, key) for v in raw.split(",")]
+        except ConfigError as exc:
+            raise ConfigError(f"--grid {item!r}: {exc}") from None
     return grid
 
 
 def apply_params(cfg: TrainConfig, params: Dict[str, Any]) -> TrainConfig:
     """The recipe with a trial's values (dotted recipe keys) assigned."""
-    return cfg.with_overrides([f"{k}={json.dumps(v)}" for k, v in params.items()])
+    return cfg.with_values(params)
 
 
 def param_space(spec: SweepSpec) -> Dict[str, Any]:
@@ -167,9 +179,8 @@ def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search:
     from .driver import run_training
 
     suffix = ray.tune.get_context().get_trial_id() if random_search else ""
-    cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), params).with_overrides(
-        [f"run.storage={json.dumps(sweep_uri)}", f"run.name={json.dumps(trial_run_name(params, suffix))}"]
-    )
+    cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), params).with_values(
+        {"run.storage": sweep_uri, "run.name": trial_run_name(params, suffix)})
     outcome = run_training(cfg, progress=False, callbacks=[TuneReportCallback()])
     if not outcome.validations:
         raise RuntimeError(f"run {outcome.run_uri} recorded no validation")
