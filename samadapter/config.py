@@ -119,7 +119,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, List, tuple, Tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return list(value)
+        item = (typing.get_args(base) or (Any,))[0]
+        return [coerce(v, item, key) for v in value] if origin in (list, List) else list(value)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -145,7 +146,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def parse_text(text: str, tp: Any, key: str) -> Any:
-    """A value given as text on the command line, as the field's type."""
+    """A value given as text on the command line, as the field's type; a list field takes
+    ``a,b,c`` or a YAML list."""
     base, optional = _unwrap(tp)
     if optional and text.strip() in NONE_TEXT:
         return None
@@ -153,6 +155,9 @@ def parse_text(text: str, tp: Any, key: str) -> Any:
         return text
     if base in (int, float):
         return coerce(text.strip(), tp, key)
+    if typing.get_origin(base) in (list, List) and not text.strip().startswith("["):
+        item = (typing.get_args(base) or (Any,))[0]  # "a,b,c" (or the arguments of a flag, joined)
+        return [parse_text(t, item, key) for t in text.split(",") if t.strip()]
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
@@ -269,6 +274,8 @@ class _Assign(argparse.Action):
                 parser.error(f"{option_string} {values!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
             items.append((key.strip(), text, f"{option_string} {values}"))
         else:
+            if isinstance(values, list):  # a list field's values: one per argument
+                values = ",".join(values)
             text = self.fixed if self.fixed is not None else "true" if values is None else values
             items.append((self.key, text, option_string))
         setattr(namespace, store, items)
@@ -360,6 +367,11 @@ def _add_fields(parser, cls, prefix, target, by_key, skip, shown, groups) -> Non
                                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
                 kwargs["help"] = kwargs["help"].replace(" (default", f" (--no-{flag_name(key)[2:]}: false; default", 1) \
                     if " (default" in kwargs["help"] else kwargs["help"] + f" (--no-{flag_name(key)[2:]}: false)"
+        elif typing.get_origin(base) in (list, List):
+            item = (typing.get_args(base) or (str,))[0]
+            kwargs.update(nargs="+", metavar=metavar or METAVARS.get(item, "VALUE"))
+            if choices:
+                kwargs.update(choices=list(choices), metavar=None)
         else:
             kwargs.update(metavar=metavar or METAVARS.get(base, "VALUE"))
             if choices and all(isinstance(c, str) for c in choices):

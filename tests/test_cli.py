@@ -59,6 +59,21 @@ def test_every_config_field_is_a_flag_of_its_job_with_help():
         assert "--set" in options or job.__name__.endswith("sweep")
 
 
+def test_every_benchmark_mode_takes_its_settings_as_flags():
+    import argparse
+
+    from samadapter.jobs import benchmark
+
+    (sub,) = [a for a in benchmark.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(benchmark.MODES)
+    for mode, cls in benchmark.MODES.items():
+        options = {o for a in sub.choices[mode]._actions for o in a.option_strings}
+        assert {settings.flag_name(k) for k, _ in _leaf_keys(cls)} <= options, mode
+    assert benchmark.parse_args(["plan", "--keys", "10,20"])[1].keys == [10, 20]
+    assert benchmark.parse_args(["model", "--batch-sizes", "1", "4"])[1].batch_sizes == [1, 4]
+    assert benchmark.parse_args(["stages", "--megapixels", "1.2,12"])[1].megapixels == [1.2, 12.0]
+
+
 def test_flags_set_every_field_and_choices_come_from_the_constants():
     job = _segment_job()
 

@@ -41,67 +41,118 @@ import json
 import logging
 import sys
 
+from dataclasses import dataclass
+from typing import List, Optional
+
+from samadapter import config as settings
 from samadapter.cli import doc_parser
+from samadapter.config import ConfigError, option
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass(kw_only=True)
+class Common:
+    """What every mode takes."""
+
+    arch: str = option("tiny", "vit_h, vit_l, vit_b or tiny")
+    img_size: Optional[int] = option(None, "input size (default: the arch's)")
+    warmup: Optional[int] = option(None, "untimed runs first (default: the mode's)")
+    repeats: Optional[int] = option(None, "timed runs; the median is reported (default: the mode's)")
+    json: Optional[str] = option(None, "write the results here (default benchmark-<mode>.json)", metavar="FILE")
+
+
+@dataclass(kw_only=True)
+class ModelBench(Common):
+    """Encoder + decoder images/s, peak memory, TFLOP/s."""
+
+    batch_sizes: List[int] = option(help="batch sizes", factory=lambda: [1])
+    attention: List[str] = option(help="attention paths", factory=lambda: ["original", "fast"],
+                                  choices=("original", "fast"))
+    dtypes: List[str] = option(help="bf16 runs on GPU only", factory=lambda: ["fp32", "bf16"], choices=("fp32", "bf16"))
+
+
+@dataclass(kw_only=True)
+class TrainStepBench(Common):
+    """One training step with and without activation checkpointing."""
+
+    batch_size: int = option(1, "images per step")
+    attention: str = option("auto", "attention path", choices=("auto", "original", "fast"))
+
+
+@dataclass(kw_only=True)
+class ReferenceBench(Common):
+    """Encoder forward+backward seconds of ours against the reference implementation's."""
+
+    reference: str = option(help="a checkout of SAM-Adapter-PyTorch (or its models/mmseg/models/sam/image_encoder.py)")
+    batch_size: int = option(1, "images per step")
+    attention: List[str] = option(help="our attention paths", factory=lambda: ["original", "fast"],
+                                  choices=("original", "fast"))
+    rounds: int = option(3, "rounds in which every implementation runs once")
+
+
+@dataclass(kw_only=True)
+class PipelineBench(Common):
+    """The segment job's images/s divided by a bare single-process loop's."""
+
+    images: int = option(64, "synthetic test images")
+    scene_size: int = option(320, "side of the synthetic test images")
+    batch_size: int = option(4, "images per model call")
+    max_actors: int = option(1, "model actors of the job")
+
+
+@dataclass(kw_only=True)
+class StagesBench(Common):
+    """CPU ms per image and bytes between stages of the segment job, by photo size."""
+
+    megapixels: List[float] = option(help="photo sizes", factory=lambda: [1.2, 4.3, 12.0])
+    image: Optional[str] = option(None, "a photo to make the test photos from (default: a synthetic scene)")
+    resize_mode: str = option("squash", "how photos are fitted to the model input", choices=("squash", "pad"))
+
+
+@dataclass(kw_only=True)
+class TrainEpochBench(Common):
+    """Seconds per training epoch split into train and validation."""
+
+    workers: int = option(2, "training workers")
+    train_rows: int = option(32, "training images")
+    val_rows: int = option(16, "validation images")
+    epochs: int = option(2, "epochs")
+    batch_size: int = option(4, "images per step per worker")
+
+
+@dataclass(kw_only=True)
+class PlanBench(Common):
+    """Driver peak RSS and seconds of planning a night (the --dry-run code) by key count."""
+
+    keys: List[int] = option(help="key counts", factory=lambda: [250000, 1000000, 4000000])
+    cpus: int = option(2, "CPUs of the local Ray")
+    history_nights: int = option(0, "instead: the plan over a ledger of this many nights' files, before and after "
+                                    "--compact-ledger (keys: the first of --keys)")
+    files_per_night: int = option(8, "ledger files a night leaves")
+
+
+@dataclass(kw_only=True)
+class ColdStartBench(Common):
+    """Seconds to a model ready from SAM's weights, beside reading the checkpoint alone."""
+
+    threads: Optional[int] = option(None, "torch threads (default: every core)")
+
+
+MODES = {"model": ModelBench, "train-step": TrainStepBench, "vs-reference": ReferenceBench, "pipeline": PipelineBench,
+         "stages": StagesBench, "train-epoch": TrainEpochBench, "plan": PlanBench, "cold-start": ColdStartBench}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = doc_parser("benchmark.py", __doc__)
     sub = p.add_subparsers(dest="mode", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--arch", default="tiny", help="vit_h, vit_l, vit_b or tiny (default tiny)")
-    common.add_argument("--img-size", type=int, default=None, help="input size (default: the arch's)")
-    common.add_argument("--warmup", type=int, default=None, help="untimed runs first")
-    common.add_argument("--repeats", type=int, default=None, help="timed runs (the median is reported)")
-    common.add_argument("--json", default=None, help="write the results here (default benchmark-<mode>.json)")
+    for mode, cls in MODES.items():
+        settings.add_arguments(sub.add_parser(mode, help=cls.__doc__.strip().rstrip(".")), cls, config_flag=None)
+    return p
 
-    m = sub.add_parser("model", parents=[common], help="encoder + decoder images/s, peak memory, TFLOP/s")
-    m.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    m.add_argument("--attention", nargs="+", default=["original", "fast"], choices=["original", "fast"])
-    m.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="bf16 runs on GPU only")
 
-    t = sub.add_parser("train-step", parents=[common], help="one training step with and without activation checkpointing")
-    t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--attention", default="auto", choices=["auto", "original", "fast"])
-
-    r = sub.add_parser("vs-reference", parents=[common],
-                       help="encoder forward+backward seconds of ours against the reference implementation's (SAM-Adapter-PyTorch)")
-    r.add_argument("--reference", required=True,
-                   help="a checkout of SAM-Adapter-PyTorch (or its models/mmseg/models/sam/image_encoder.py)")
-    r.add_argument("--batch-size", type=int, default=1)
-    r.add_argument("--attention", nargs="+", default=["original", "fast"], choices=["original", "fast"])
-    r.add_argument("--rounds", type=int, default=3, help="rounds in which every implementation runs once (default 3)")
-
-    q = sub.add_parser("pipeline", parents=[common], help="segment job images/s divided by a bare single-process loop")
-    q.add_argument("--images", type=int, default=64)
-    q.add_argument("--scene-size", type=int, default=320, help="side of the synthetic test images")
-    q.add_argument("--batch-size", type=int, default=4)
-    q.add_argument("--max-actors", type=int, default=1)
-
-    g = sub.add_parser("stages", parents=[common], help="CPU ms per image and bytes between stages of the segment job, by photo size")
-    g.add_argument("--megapixels", default="1.2,4.3,12", help="comma-separated photo sizes (default 1.2,4.3,12)")
-    g.add_argument("--image", default=None, help="a photo to make the test photos from (default: a synthetic scene)")
-    g.add_argument("--resize-mode", default="squash", choices=["squash", "pad"])
-
-    e = sub.add_parser("train-epoch", parents=[common],
-                       help="seconds per training epoch split into train and validation; validation rows read across workers")
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--train-rows", type=int, default=32)
-    e.add_argument("--val-rows", type=int, default=16)
-    e.add_argument("--epochs", type=int, default=2)
-    e.add_argument("--batch-size", type=int, default=4)
-
-    n = sub.add_parser("plan", parents=[common], help="driver peak RSS and seconds of planning a night (the --dry-run code) by key count")
-    n.add_argument("--keys", default="250000,1000000,4000000", help="comma-separated key counts (default 250000,1000000,4000000)")
-    n.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
-    n.add_argument("--history-nights", type=int, default=0,
-                   help="instead: the plan over a ledger of this many nights' files, before and after --compact-ledger "
-                        "(keys: the first of --keys)")
-    n.add_argument("--files-per-night", type=int, default=8, help="ledger files a night leaves (default 8)")
-
-    c = sub.add_parser("cold-start", parents=[common],
-                       help="seconds to a model ready from SAM's weights, beside reading the checkpoint alone")
-    c.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
-    return p.parse_args(argv)
+def parse_args(argv=None):
+    """(mode, its settings)."""
+    args = build_parser().parse_args(argv)
+    return args.mode, settings.build(MODES[args.mode], args)
 
 
 def _fmt(v):
@@ -121,26 +172,30 @@ def _table(rows, columns):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    args = parse_args(argv)
+    try:
+        mode, args = parse_args(argv)
+    except ConfigError as exc:
+        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        return 2
     from samadapter.bench.common import describe_machine
     from samadapter.modeling.arch import arch_config
 
     img_size = args.img_size or arch_config(args.arch).img_size
     machine = describe_machine()
-    if args.mode == "model":
+    if mode == "model":
         from samadapter.bench.model import bench_model
 
         rows = bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
                              warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
         cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "median_s",
                 "gflop_per_image", "tflops", "fraction_of_peak", "peak_mem_gib"]
-    elif args.mode == "train-step":
+    elif mode == "train-step":
         from samadapter.bench.model import bench_train_step
 
         rows = bench_train_step(args.arch, img_size, args.batch_size, args.attention,
                                   warmup=args.warmup if args.warmup is not None else 1, repeats=args.repeats or 3)
         cols = ["arch", "img_size", "batch", "checkpointing", "device", "median_s", "peak_mem_gib", "memory_vs_plain"]
-    elif args.mode == "vs-reference":
+    elif mode == "vs-reference":
         from samadapter.cli import guarded
         from samadapter.bench.reference import bench_vs_reference
 
@@ -151,39 +206,39 @@ def main(argv=None) -> int:
             return status
         cols = ["arch", "img_size", "batch", "device", "impl", "trainable_params", "median_s", "min_s", "max_s",
                 "peak_mem_gib", "vs_reference"]
-    elif args.mode == "stages":
+    elif mode == "stages":
         import torch
 
         from samadapter.bench.stages import bench_stages
 
         torch.set_num_threads(1)
-        rows = bench_stages([float(m) for m in args.megapixels.split(",")], image=args.image,
+        rows = bench_stages(args.megapixels, image=args.image,
                             img_size=args.img_size or 1024, resize_mode=args.resize_mode, repeats=args.repeats or 3)
         cols = ["megapixels", "cpu_ms_read", "cpu_ms_decode", "cpu_ms_model_input", "cpu_ms_postprocess", "cpu_ms_write",
                 "cpu_ms_total", "encoded_bytes_per_image", "model_input_bytes_per_image", "model_output_bytes_per_image",
                 "mask_png_bytes_per_image"]
-    elif args.mode == "train-epoch":
+    elif mode == "train-epoch":
         from samadapter.bench.train_epoch import bench_train_epoch
 
         rows = bench_train_epoch(args.arch, args.img_size or 128, args.workers, args.train_rows, args.val_rows,
                                  args.epochs, args.batch_size)
         cols = ["epoch", "workers", "train_rows", "val_rows", "val_rows_read", "train_seconds", "val_seconds",
                 "train_images_per_s", "s_measure"]
-    elif args.mode == "cold-start":
+    elif mode == "cold-start":
         from samadapter.bench.cold_start import bench_cold_start
 
         rows = bench_cold_start(args.arch, args.img_size, repeats=args.repeats or 3, threads=args.threads)
         cols = ["arch", "checkpoint_mib", "read_seconds", "build_seconds", "full_build_seconds", "build_vs_read",
                 "full_build_vs_read", "read_peak_rss_mib", "build_peak_rss_mib", "full_build_peak_rss_mib"]
-    elif args.mode == "plan" and args.history_nights:
+    elif mode == "plan" and args.history_nights:
         from samadapter.bench.plan import bench_history
 
-        rows = bench_history(int(args.keys.split(",")[0]), args.history_nights, args.files_per_night, cpus=args.cpus)
+        rows = bench_history(args.keys[0], args.history_nights, args.files_per_night, cpus=args.cpus)
         cols = ["history_nights", "ledger_files", "compacted", "seconds", "driver_peak_rss_mib", "to_do"]
-    elif args.mode == "plan":
+    elif mode == "plan":
         from samadapter.bench.plan import bench_plan
 
-        rows = bench_plan([int(k) for k in args.keys.split(",")], cpus=args.cpus)
+        rows = bench_plan(args.keys, cpus=args.cpus)
         cols = ["keys", "seconds", "driver_peak_rss_mib", "to_do", "done"]
     else:
         from samadapter.bench.pipeline import bench_pipeline
@@ -196,9 +251,9 @@ def main(argv=None) -> int:
                 "bare_masks_per_s", "pipeline_masks_per_s", "steady_ratio"]
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v is not None))
     print(_table(rows, cols))
-    out = args.json or f"benchmark-{args.mode}.json"
+    out = args.json or f"benchmark-{mode}.json"
     with open(out, "w") as f:
-        json.dump({"machine": machine, "mode": args.mode, "argv": sys.argv[1:] if argv is None else argv, "results": rows}, f, indent=2)
+        json.dump({"machine": machine, "mode": mode, "argv": sys.argv[1:] if argv is None else argv, "results": rows}, f, indent=2)
     print(f"results: {out}")
     return 0
 
