@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fast_tests_start_no_ray(request, monkeypatch):
-    """A test of the fast tier that calls ``ray.init`` in this process fails, naming the fix."""
+    """A test of the fast tier that calls ``ray.init`` in this process fails, naming the fix;
+    the session's shared Ray (``ray_local``), up when slow tests ran before, looks down to it."""
     if request.node.get_closest_marker("slow") is None:
         import ray
 
@@ -39,6 +40,7 @@ def _fast_tests_start_no_ray(request, monkeypatch):
             raise AssertionError("a test that starts Ray must be marked @pytest.mark.slow")
 
         monkeypatch.setattr(ray, "init", refuse)
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
     yield
 
 
@@ -138,23 +140,42 @@ def s3_server():
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def ray_local(request):
-    """One local Ray instance per test module (4 logical CPUs, no dashboard); a module's
-    ``RAY_WORKER_ENV`` dict is set in every worker's environment.
+# Set in every worker of the shared Ray: rank 1 of the training run named "faulty" raises
+# once at epoch 1 (tests/test_train.py); no other run is touched.
+RAY_WORKER_ENV = {"SAMADAPTER_INJECT_FAILURE": "faulty:1:1"}
 
-    A test that also asks for the session-scoped ``s3_server`` gets the server first
-    (higher scopes are set up first), so Ray's workers inherit its endpoint.
-    """
+
+def own_ray_only():
+    """Before a test starts a Ray of its own in this process (a ``Cluster``, a head it
+    joins): the shared one is shut down; the next ``ray_local`` test starts it again."""
     import ray
 
-    env = dict(getattr(request.module, "RAY_WORKER_ENV", {}))
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": env} if env else None)
-    try:
-        yield ray
-    finally:
+    if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(s3_server):
+    """The shared local Ray of the test session (4 logical CPUs, no dashboard), started by
+    the first test that asks for it, after moto's S3 server so that its workers inherit the
+    endpoint; ``RAY_WORKER_ENV`` in every worker. Shut down at the end of the session, or
+    when a test needs a Ray of its own (``own_ray_only``); Ray's start-up (seconds) is
+    paid once, not per test file."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": dict(RAY_WORKER_ENV)})
+    yield ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_ray_stops_with_the_session():
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        own_ray_only()
 
 
 def tiny_adapter_and_images(tmp_path, count: int, hw=(40, 50), seed: int = 0):

@@ -79,6 +79,10 @@ def start_head(num_cpus: int = 4, extra_args=(), extra_env=None, port: int = 0) 
     gcs, dash = port or free_port(), free_port()
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+           # the agents' ports too: their defaults (52365, ...) are taken by any other Ray on the
+           # machine, the suite's shared one among them, and a head without its agent takes no job
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
            *extra_args]
     log = open(os.path.join(temp_dir, "ray-start.log"), "wb")
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

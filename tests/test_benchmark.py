@@ -119,26 +119,20 @@ def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_plan_mode(tmp_path):
-    data = _run(tmp_path, "plan", "--keys", "2000", timeout=380, head="| keys |")  # one size: a fresh Ray each
-    rows = data["results"]
-    assert [r["keys"] for r in rows] == [2000]
-    for r in rows:  # half of the keys are in the ledger (another model's rows), half are new
-        assert r["done"] == r["keys"] // 2 and r["to_do"] == r["keys"] - r["keys"] // 2
-        assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0
-
-
-@pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_plan_mode_over_a_history_of_nights_before_and_after_compaction(tmp_path):
+    """The plan benchmark (one child process and its Ray per plan): a key list of 2000 and a
+    ledger of as many rows in 30 files, half of them tonight's keys; planned, compacted,
+    planned again. (Its per-size mode, --keys N,M without --history-nights, runs the same
+    child per size.)"""
     data = _run(tmp_path, "plan", "--keys", "2000", "--history-nights", "10", "--files-per-night", "3", timeout=480,
                 head="| history_nights |")
     before, after = data["results"]
     assert (before["compacted"], after["compacted"]) == (False, True)
     assert before["ledger_files"] == 30 and after["ledger_files"] == 1
-    assert before["to_do"] == after["to_do"] == 1000  # the same plan from fewer files
-    assert before["driver_peak_rss_mib"] > 0 and after["seconds"] > 0
+    for r in (before, after):  # the same plan from fewer files: half done (another model's rows), half new
+        assert r["keys"] == 2000 and r["done"] == 1000 and r["to_do"] == 1000
+        assert r["driver_peak_rss_mib"] > 0 and r["seconds"] > 0
 
 
 @pytest.mark.timeout(120)
@@ -165,17 +159,6 @@ def test_stage_benchmark_leaves_the_callers_environment_alone(monkeypatch):
     assert row["model_output_bytes_per_image"] == 64 * 64 * 2
     assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENBLAS_NUM_THREADS"] == "2"
     assert set(SINGLE_THREADED.values()) == {"1"}
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_train_epoch_mode_reads_each_validation_row_once(tmp_path):
-    data = _run(tmp_path, "train-epoch", "--workers", "2", "--train-rows", "16", "--val-rows", "6", "--epochs", "1",
-                "--img-size", "64", timeout=560, head="| epoch |")
-    rows = data["results"]
-    assert [r["epoch"] for r in rows] == [0, 1]  # before training, then the epoch
-    assert all(r["val_rows_read"] == r["val_rows"] == 6 for r in rows)  # not workers x rows
-    assert rows[1]["train_seconds"] > 0 and all(r["val_seconds"] > 0 for r in rows)
 
 
 @pytest.mark.slow

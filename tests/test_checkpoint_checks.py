@@ -29,7 +29,4 @@ def test_a_pickle_as_either_checkpoint_is_one_line_before_ray(tmp_path, capsys):
         assert main(args) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "evil.pth" in errors[0], errors
-    assert not marker.exists()
-    import ray
-
-    assert not ray.is_initialized()
+    assert not marker.exists()  # and Ray was not started: the fast tier refuses ray.init (conftest)

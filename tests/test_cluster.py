@@ -26,6 +26,7 @@ def fake_cluster(tmp_path_factory):
     most 1): a best-fit scheduler would put 3+ one-GPU bundles on the training node."""
     import ray
 
+    from .conftest import own_ray_only
     from .rayheads import free_port, start_head
 
     port = free_port()
@@ -50,6 +51,7 @@ def fake_cluster(tmp_path_factory):
     head = start_head(num_cpus=2, extra_args=[f"--autoscaling-config={config_path}"],
                       extra_env={"AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}, port=port)
     try:
+        own_ray_only()
         ray.init(head.gcs_address, log_to_driver=False)
         yield head
     finally:

@@ -17,8 +17,10 @@ def two_gpu_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    from .conftest import own_ray_only
     from .rayheads import free_port
 
+    own_ray_only()
     # a free dashboard port: another Ray on the machine may hold the default 8265
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "dashboard_port": free_port()})
     for _ in range(2):

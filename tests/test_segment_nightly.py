@@ -52,12 +52,6 @@ def _rows(out):
     return t.to_pylist() if t is not None else []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _s3_before_ray(s3_server):
-    """The S3 server (and its environment) before the module's Ray, whose workers inherit it."""
-    yield s3_server
-
-
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     return _adapter(tmp_path_factory.mktemp("a") / "adapter.safetensors")

@@ -15,10 +15,13 @@ from samadapter.train.config import TrainConfig
 from samadapter.train.loop import INJECT_FAILURE
 from samadapter.checkpoints import read_metrics_lines
 
+from .conftest import RAY_WORKER_ENV
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
-# the module's Ray (conftest's ray_local): rank 1 of the run named "faulty" raises once at epoch 1
-RAY_WORKER_ENV = {INJECT_FAILURE: "faulty:1:1"}
+# conftest's RAY_WORKER_ENV, in every worker of the shared Ray: rank 1 of the run named "faulty"
+# raises once at epoch 1
+assert RAY_WORKER_ENV == {INJECT_FAILURE: "faulty:1:1"}
 
 SIZE = 128  # model input and scene size for tests (tokens 8 x 8)
 
@@ -127,3 +130,15 @@ def test_resume_flag_without_a_run_is_an_error(ray_local, local_dataset, tmp_pat
 
     with pytest.raises(ConfigError, match="no run 'nothing'"):
         run_training(_config(local_dataset, str(tmp_path), "nothing"), resume=True, progress=False)
+
+
+def test_train_epoch_benchmark_reads_each_validation_row_once(ray_local):
+    """`jobs/benchmark.py train-epoch`'s measurement, on the shared Ray: a 2-worker epoch split
+    into training and validation seconds; each validation reads the split's rows once in
+    all (not workers x rows)."""
+    from samadapter.bench.train_epoch import bench_train_epoch
+
+    rows = bench_train_epoch("tiny", 64, workers=2, train_rows=16, val_rows=6, epochs=1, batch_size=4)
+    assert [r["epoch"] for r in rows] == [0, 1]  # before training, then the epoch
+    assert all(r["val_rows_read"] == r["val_rows"] == 6 for r in rows)
+    assert rows[1]["train_seconds"] > 0 and all(r["val_seconds"] > 0 for r in rows)

@@ -74,15 +74,6 @@ print("PLAN " + json.dumps({"keys": args["keys"], "seconds": seconds, "plan": s.
 """
 
 
-_COMPACT = """
-import json, sys
-import ray
-ray.init(num_cpus=json.loads(sys.argv[1])["cpus"], include_dashboard=False, log_to_driver=False)
-from samadapter.segment.run import compact_ledger
-print("COMPACTED " + json.dumps(compact_ledger(json.loads(sys.argv[1])["output"])))
-"""
-
-
 def _ledger_file_count(output: str) -> int:
     from ..segment import compaction
 
@@ -101,14 +92,22 @@ def bench_history(keys: int, nights: int, files_per_night: int = 8, cpus: int = 
         paths = make_inputs(os.path.join(tmp, "history"), keys, ledger_files=nights * files_per_night)
         args = dict(paths, keys=keys, adapter=adapter, cpus=cpus)
         for compacted in (False, True):
-            if compacted:
-                program(_COMPACT, args, "COMPACTED")
+            if compacted:  # what --compact-ledger does (no Ray in it)
+                from ..segment.run import compact_ledger
+
+                compact_ledger(paths["output"])
             files = _ledger_file_count(paths["output"])
-            row = program(_CHILD, args, "PLAN")
-            rows.append({"history_nights": nights, "ledger_files": files, "seconds": row["seconds"],
-                         "driver_peak_rss_mib": row["driver_peak_rss_mib"], "compacted": compacted,
-                         "to_do": row["plan"]["to do tonight"]})
+            rows.append({"history_nights": nights, "ledger_files": files, "compacted": compacted, **_plan(args)})
     return rows
+
+
+def _plan(args: dict) -> dict:
+    """The dry run in a fresh process: seconds, driver peak RSS, to do and done."""
+    row = program(_CHILD, args, "PLAN")
+    plan = row.pop("plan")
+    row["to_do"] = plan["to do tonight"]
+    row["done"] = plan["done by this model"] + plan["done by other models only (--backfill redoes them)"]
+    return row
 
 
 def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
@@ -122,10 +121,5 @@ def bench_plan(sizes: List[int], cpus: int = 2) -> List[dict]:
         for n in sizes:
             folder = os.path.join(tmp, f"n{n}")
             paths = make_inputs(folder, n)
-            args = dict(paths, keys=n, adapter=adapter, cpus=cpus)
-            row = program(_CHILD, args, "PLAN")
-            plan = row.pop("plan")
-            row["to_do"] = plan["to do tonight"]
-            row["done"] = plan["done by this model"] + plan["done by other models only (--backfill redoes them)"]
-            rows.append(row)
+            rows.append(_plan(dict(paths, keys=n, adapter=adapter, cpus=cpus)))
     return rows

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         from samadapter.bench.plan import bench_history
 
         rows = bench_history(args.keys[0], args.history_nights, args.files_per_night, cpus=args.cpus)
-        cols = ["history_nights", "ledger_files", "compacted", "seconds", "driver_peak_rss_mib", "to_do"]
+        cols = ["history_nights", "ledger_files", "compacted", "keys", "seconds", "driver_peak_rss_mib", "to_do", "done"]
     elif mode == "plan":
         from samadapter.bench.plan import bench_plan
 

@@ -1,8 +1,9 @@
 """Compacting the ledger: a fingerprint's many small files -> a few large files sorted by uri.
 
 Every night adds files (one per flush per run); a year of nights is thousands of footers
-for every plan to read. ``compact`` rewrites one fingerprint's files on the cluster (Ray
-Data: read, sort by ``uri``, write) in steps that a crash may stop anywhere without losing
+for every plan to read. ``compact`` rewrites one fingerprint's files (read, sort by ``uri``,
+write: in the driver up to ``IN_PROCESS_ROWS`` rows, tens of MiB; on the cluster with Ray
+Data beyond, where a distributed sort pays for its seconds of scheduling) in steps that a crash may stop anywhere without losing
 a row or counting one twice:
 
 1. ``written``: the new files go to ``ledger/_compaction/<id>/fingerprint=<fp>/``, which
@@ -47,6 +48,9 @@ def _rel(base: str, path: str) -> str:
 
 
 COMPACTED = "compacted-"  # the name of a file a compaction wrote: not compacted again
+# Up to this many rows (~300 bytes each in the driver: ~60 MiB) a compaction sorts in the
+# driver with pyarrow; a Ray Data sort of a few thousand rows costs ~10 s of task scheduling.
+IN_PROCESS_ROWS = 200_000
 
 
 def files_by_fingerprint(output: str, only_small: bool = False) -> Dict[str, List[str]]:
@@ -66,7 +70,7 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     each compaction reads only what the nights since the last one wrote, never the whole
     history) into files of at most ``rows_per_file`` rows sorted by uri; returns the number
     of files replaced."""
-    import ray.data
+    import pyarrow.dataset as pads
 
     old = files_by_fingerprint(output, only_small=True).get(fingerprint, [])
     if len(old) < 2:
@@ -76,12 +80,12 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     cid = uuid.uuid4().hex[:12]
     staging = storage.join(ledger_uri, layout.COMPACTION, cid, f"fingerprint={fingerprint}")
     _, staging_path = storage.pyarrow_filesystem(staging)
-    rows = ray.data.read_parquet(old, filesystem=fs).select_columns(list(ledger.FILE_SCHEMA.names))
-    files = max(1, -(-rows.count() // rows_per_file))  # the count comes from the footers
-    # sorted, then cut into `files` blocks in order (no shuffle): one file each
-    # (no folder object on S3: an empty "folder/" key would read as a compaction id "")
-    rows.sort("uri").repartition(files, shuffle=False).write_parquet(
-        staging_path, filesystem=fs, try_create_dir=storage.is_local(staging))
+    total = pads.dataset(old, filesystem=fs, format="parquet").count_rows()  # from the footers
+    files = max(1, -(-total // rows_per_file))
+    if total <= IN_PROCESS_ROWS:
+        _write_sorted_here(old, fs, staging_path, files, local=storage.is_local(staging))
+    else:
+        _write_sorted_on_the_cluster(old, fs, staging_path, files, local=storage.is_local(staging))
     _after("written")
     new = sorted(p for p in storage.list_files(staging) if p.endswith(".parquet"))
     manifest = {
@@ -95,6 +99,28 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     _finish(output, manifest)
     log.info("compacted %d ledger files of fingerprint %s into %d", len(old), fingerprint, len(new))
     return len(old)
+
+
+def _write_sorted_here(old: List[str], fs, staging_path: str, files: int, local: bool) -> None:
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    table = pads.dataset(old, filesystem=fs, format="parquet").to_table(columns=list(ledger.FILE_SCHEMA.names))
+    table = table.sort_by("uri")
+    if local:
+        fs.create_dir(staging_path, recursive=True)
+    per_file = -(-table.num_rows // files)
+    for i in range(files):
+        pq.write_table(table.slice(i * per_file, per_file), f"{staging_path}/part-{i:05d}.parquet", filesystem=fs)
+
+
+def _write_sorted_on_the_cluster(old: List[str], fs, staging_path: str, files: int, local: bool) -> None:
+    import ray.data
+
+    rows = ray.data.read_parquet(old, filesystem=fs).select_columns(list(ledger.FILE_SCHEMA.names))
+    # sorted, then cut into `files` blocks in order (no shuffle): one file each
+    # (no folder object on S3: an empty "folder/" key would read as a compaction id "")
+    rows.sort("uri").repartition(files, shuffle=False).write_parquet(staging_path, filesystem=fs, try_create_dir=local)
 
 
 def _finish(output: str, manifest: dict) -> None:

@@ -155,6 +155,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         datasets={TRAIN: train_ds, VAL: val_ds},
         dataset_config=train_data_config(),
     )
+    log.info("starting %d training worker(s) (%g CPU%s each): each builds the model and reads its data shard",
+             cfg.run.workers, cfg.run.cpus_per_worker,
+             f", {cfg.run.gpus_per_worker:g} GPU" if cfg.run.use_gpu else "")
     result = trainer.fit()
 
     lines = read_metrics_lines(run_uri)

@@ -259,6 +259,9 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = worker.epoch
 
     if not resumed:
+        if worker.rank == 0:
+            log.info("model ready on %d worker(s); validating the %s split before training", worker.world,
+                     cfg.data.val_split)
         before = run_validation(worker, val_shard)
         if worker.rank == 0:
             append_metrics_line(worker.run_uri, {"epoch": 0, "phase": "before training", **before})
