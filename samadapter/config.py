@@ -296,18 +296,18 @@ def _show(value: Any) -> str:
 def add_arguments(parser: argparse.ArgumentParser, cls, *, target: str = "config",
                   config_flag: Optional[str] = "--config", config_help: str = "a YAML file of these settings",
                   set_flag: Optional[str] = "--set", aliases: Optional[Dict[str, str]] = None,
-                  skip: Sequence[str] = (), shown_defaults: Optional[Dict[str, Any]] = None) -> None:
+                  skip: Sequence[str] = (), default_file: Optional[str] = None) -> None:
     """Add ``config_flag``, ``set_flag`` and one flag per field of ``cls`` to ``parser``.
 
     ``aliases`` maps extra flags to dotted keys (``{"--dataset": "data.dataset"}``);
-    ``skip`` names fields (dotted) without a flag; ``shown_defaults`` are the values that
-    ``--help`` shows (default: the fields' own, e.g. overlaid with the default recipe).
+    ``skip`` names fields (dotted) without a flag; ``default_file`` is the YAML a job reads
+    when no ``config_flag`` is given (its values are the defaults ``--help`` shows).
     What the user gave lands in ``args.<target>_file`` and ``args.<target>_assignments``."""
     aliases = aliases or {}
     by_key: Dict[str, List[str]] = {}
     for flag, key in aliases.items():
         by_key.setdefault(key, []).append(flag)
-    shown = shown_defaults if shown_defaults is not None else defaults(cls)
+    shown = merge(defaults(cls), load_yaml(default_file)) if default_file else defaults(cls)
     if parser.usage is None:
         nested = any(is_section(t) for t in _hints(cls).values())
         parser.usage = "%(prog)s [-h] " + (f"[{config_flag} FILE] " if config_flag else "") \

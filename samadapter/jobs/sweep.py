@@ -43,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(p, SweepSpec, target="sweep", config_flag="--sweep", set_flag=None,
                            skip=("recipe", "set", "grid"),
                            config_help="a sweep YAML (default with no --grid: configs/sweeps/knowledge-tiny.yaml)")
-    shown = settings.merge(settings.defaults(TrainConfig), settings.load_yaml(DEFAULT_RECIPE))
-    settings.add_arguments(p, TrainConfig, target="recipe", aliases=RECIPE_ALIASES, shown_defaults=shown,
+    settings.add_arguments(p, TrainConfig, target="recipe", aliases=RECIPE_ALIASES, default_file=DEFAULT_RECIPE,
                            config_help="the base recipe of every trial (overrides the sweep file's; default "
                                        "configs/local-tiny.yaml); the flags below set a recipe field for every trial")
     return p

@@ -44,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="require an existing run of this name to continue")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--verbose", action="store_true", help="show Ray's own INFO log lines (default: its warnings and errors)")
-    shown = settings.merge(settings.defaults(TrainConfig), settings.load_yaml(DEFAULT_CONFIG))
-    settings.add_arguments(p, TrainConfig, aliases=ALIASES, shown_defaults=shown,
+    settings.add_arguments(p, TrainConfig, aliases=ALIASES, default_file=DEFAULT_CONFIG,
                            config_help="a recipe YAML (default configs/local-tiny.yaml, the embedded default; "
                                        "the defaults below are its values)")
     return p

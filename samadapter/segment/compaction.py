@@ -80,10 +80,11 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     cid = uuid.uuid4().hex[:12]
     staging = storage.join(ledger_uri, layout.COMPACTION, cid, f"fingerprint={fingerprint}")
     _, staging_path = storage.pyarrow_filesystem(staging)
-    total = pads.dataset(old, filesystem=fs, format="parquet").count_rows()  # from the footers
+    dataset = pads.dataset(old, filesystem=fs, format="parquet")  # footers read once
+    total = dataset.count_rows()
     files = max(1, -(-total // rows_per_file))
     if total <= IN_PROCESS_ROWS:
-        _write_sorted_here(old, fs, staging_path, files, local=storage.is_local(staging))
+        _write_sorted_here(dataset, fs, staging_path, files, local=storage.is_local(staging))
     else:
         _write_sorted_on_the_cluster(old, fs, staging_path, files, local=storage.is_local(staging))
     _after("written")
@@ -101,11 +102,10 @@ def compact(output: str, fingerprint: str, rows_per_file: int = 2_000_000) -> in
     return len(old)
 
 
-def _write_sorted_here(old: List[str], fs, staging_path: str, files: int, local: bool) -> None:
-    import pyarrow.dataset as pads
+def _write_sorted_here(dataset, fs, staging_path: str, files: int, local: bool) -> None:
     import pyarrow.parquet as pq
 
-    table = pads.dataset(old, filesystem=fs, format="parquet").to_table(columns=list(ledger.FILE_SCHEMA.names))
+    table = dataset.to_table(columns=list(ledger.FILE_SCHEMA.names))
     table = table.sort_by("uri")
     if local:
         fs.create_dir(staging_path, recursive=True)
