@@ -79,3 +79,21 @@ def test_other_fsspec_stores_are_listed_a_directory_at_a_time():
         assert all(e.version for e in _entries("memory://lst", True) if not e.is_dir)  # a version for every file
     finally:
         fs.rm("/lst", recursive=True)
+
+
+def test_the_broadcast_join_of_a_block_against_the_done_keys():
+    """The small-ledger plan: each block of inputs joined with the done (uri, version)
+    keys in its map task; the keys' string types need not match the block's."""
+    import pyarrow as pa
+
+    from samadapter.segment.plan import _join_block
+
+    block = pa.table({"uri": ["a", "b", "c", "d"], "version": ["1", "1", "2", ""], "rel": ["a", "b", "c", "d"]})
+    done = pa.table({"uri": pa.array(["a", "b", "c", "c", "x"], pa.large_string()),
+                     "version": pa.array(["1", "2", "2", "2", "1"], pa.large_string())})
+    anti = _join_block(block, done, "left anti")
+    assert sorted(anti.column("uri").to_pylist()) == ["b", "d"]  # b: another version is done; d: never done
+    assert anti.column_names == block.column_names  # the block's columns, none of the keys' table
+    semi = _join_block(block, done, "left semi")
+    assert sorted(semi.column("uri").to_pylist()) == ["a", "c"]  # c once, though done twice
+    assert _join_block(block.slice(0, 0), done, "left anti").num_rows == 0

@@ -216,6 +216,7 @@ class LedgerFiles:
 
     paths: List[str]  # filesystem paths of readable ledger files
     quarantined: List[Tuple[str, int, str]] = field(default_factory=list)  # (moved from, size, error)
+    rows: int = 0  # rows in the readable files (from their footers)
 
 
 def _is_ledger_file(path: str, base: str) -> bool:
@@ -223,17 +224,18 @@ def _is_ledger_file(path: str, base: str) -> bool:
     return rel.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in rel.split("/"))
 
 
-def _footer_error(fs, path: str) -> Optional[str]:
-    """Why a ledger file cannot be read (its footer and schema), or None."""
+def _read_footer(fs, path: str) -> Tuple[Optional[str], int]:
+    """(why a ledger file cannot be read (its footer and schema) or None, its rows)."""
     try:
         with fs.open_input_file(path) as f:
-            schema = pq.ParquetFile(f).schema_arrow
+            footer = pq.ParquetFile(f)
+            schema, rows = footer.schema_arrow, footer.metadata.num_rows
     except FileNotFoundError:
-        return None  # gone since it was listed (a compaction): not a bad file
+        return None, 0  # gone since it was listed (a compaction): not a bad file
     except Exception as exc:  # noqa: BLE001 - whatever makes it unreadable
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", 0
     missing = [c for c in ("uri", "version", "status") if c not in schema.names]
-    return f"not a ledger file: no column {', '.join(missing)}" if missing else None
+    return (f"not a ledger file: no column {', '.join(missing)}" if missing else None), rows
 
 
 def check_ledger(output: str, quarantine: bool = True, threads: int = 16) -> Optional[LedgerFiles]:
@@ -250,11 +252,12 @@ def check_ledger(output: str, quarantine: bool = True, threads: int = 16) -> Opt
     listed = storage.list_files(uri)
     paths = visible_files([p for p in listed if _is_ledger_file(p, base)], set(listed), base, compaction_manifests(output))
     with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
-        errors = list(pool.map(lambda p: _footer_error(fs, p), paths))
-    good, quarantined = [], []
-    for path, error in zip(paths, errors):
+        footers = list(pool.map(lambda p: _read_footer(fs, p), paths))
+    good, quarantined, rows = [], [], 0
+    for path, (error, n) in zip(paths, footers):
         if error is None:
             good.append(path)
+            rows += n
             continue
         src = _uri_of(uri, base, path)
         dst = layout.ledger_quarantine(output, path[len(base):].lstrip("/"))
@@ -264,7 +267,7 @@ def check_ledger(output: str, quarantine: bool = True, threads: int = 16) -> Opt
         log.warning("ledger file %s (%d bytes) cannot be read (%s): %s %s; its inputs are redone", src, size, error,
                     "moved to" if quarantine else "a run would move it to", dst)
         quarantined.append((src, size, error))
-    return LedgerFiles(good, quarantined)
+    return LedgerFiles(good, quarantined, rows)
 
 
 def compaction_manifests(output: str) -> List[dict]:
@@ -317,15 +320,26 @@ def read_ledger(output: str, columns, uri_prefix: Optional[str] = None, files: O
     return ds
 
 
+def read_ledger_here(output: str, columns, uri_prefix: Optional[str] = None,
+                     files: Optional[LedgerFiles] = None, where=None) -> Optional[pa.Table]:
+    """``read_ledger``'s rows as one table read in this process (small ledgers: a plan whose
+    done rows fit in the driver, tests), ``where`` a further pyarrow filter expression."""
+    import pyarrow.dataset as pads
+
+    files = files if files is not None else check_ledger(output, quarantine=False)
+    if files is None or not files.paths:
+        return None
+    fs, base = storage.pyarrow_filesystem(layout.ledger_dir(output))
+    dataset = pads.dataset(files.paths, filesystem=fs, format="parquet", partition_base_dir=base,
+                           partitioning=pads.HivePartitioning.discover(infer_dictionary=False))
+    if uri_prefix:
+        uri = pads.field("uri")
+        in_prefix = (uri >= uri_prefix) & (uri < layout.key_upper_bound(uri_prefix))
+        where = in_prefix if where is None else in_prefix & where
+    return dataset.to_table(columns=list(columns) if columns else None, filter=where)
+
+
 def read_ledger_table(output: str, columns=None) -> Optional[pa.Table]:
     """Every ledger row as one table, read here (tests and small outputs only), from the
     files a night would read."""
-    files = check_ledger(output, quarantine=False)
-    if files is None:
-        return None
-    fs, _ = storage.pyarrow_filesystem(layout.ledger_dir(output))
-    import pyarrow.dataset as pads
-
-    dataset = pads.dataset(files.paths, filesystem=fs, format="parquet",
-                           partitioning=pads.HivePartitioning.discover(infer_dictionary=False))
-    return dataset.to_table(columns=columns)
+    return read_ledger_here(output, columns)

@@ -2,8 +2,15 @@
 
 ``plan_night`` builds the input rows (``listing.py``), materialises them in the object
 store (never on the driver) and anti-joins them with the ledger's "done" rows on
-``(uri, version)`` (Ray Data's ``join(join_type="left_anti")``, hash-partitioned). What
-counts as done:
+``(uri, version)``. Two ways, by the ledger's size (its footers' row counts):
+
+- up to ``BROADCAST_ROWS`` rows, the done keys are read in the driver (tens of MiB at
+  most) and sent once to every block of the inputs, which drops its done rows in one map
+  stage (a broadcast join: a second of scheduling, where a shuffle costs several);
+- beyond, Ray Data's ``join(join_type="left_anti")`` hash-partitions both sides on the
+  cluster: the driver never holds the ledger.
+
+What counts as done:
 
 - default: an ``ok`` row from *any* model (a new checkpoint does not turn a nightly into a
   backfill of the bucket's history), a ``skipped``/``unsafe_key`` row, or a permanent
@@ -106,12 +113,21 @@ def _arr(values):
     return pa.array(values, pa.string())
 
 
+# Ledgers up to this many rows (~100 bytes a key in the driver and in each map task: ~20 MiB)
+# are joined by broadcast; larger ones by Ray Data's hash join.
+BROADCAST_ROWS = 200_000
+_LEDGER_COLUMNS = ["uri", "version", "status", "fingerprint"]
+
+
 def ledger_rows(output: str, uri_prefix: Optional[str], keep, files):
-    """(uri, version) of the ledger rows that ``keep(batch, pc)`` selects, or None.
-    ``files``: ``ledger.check_ledger``'s readable files."""
-    ds = ledger.read_ledger(output, ["uri", "version", "status", "fingerprint"], uri_prefix, files)
-    if ds is None:
+    """(uri, version) of the ledger rows that ``keep(batch, pc)`` selects: a pyarrow Table
+    read here when the ledger has at most ``BROADCAST_ROWS`` rows, else a Ray Dataset; None
+    when there is no ledger. ``files``: ``ledger.check_ledger``'s readable files."""
+    if files is None or not files.paths:
         return None
+    if files.rows <= BROADCAST_ROWS:
+        return _select(ledger.read_ledger_here(output, _LEDGER_COLUMNS, uri_prefix, files), keep)
+    ds = ledger.read_ledger(output, _LEDGER_COLUMNS, uri_prefix, files)
     return ds.map_batches(_select, fn_kwargs={"keep": keep}, batch_format="pyarrow")
 
 
@@ -119,12 +135,30 @@ def _partitions(n: int) -> int:
     return max(2, min(256, math.ceil(n / 250_000)))
 
 
+def _join_block(batch, done, how: str):
+    """One block of inputs joined with the broadcast done keys (pyarrow's hash join)."""
+    keys = list(KEYS)
+    done = done.cast(batch.select(keys).schema) if done.schema != batch.select(keys).schema else done
+    return batch.join(done, keys=keys, join_type=how)
+
+
+def _join(left, right, how: str, n: int):
+    import pyarrow as pa
+
+    if isinstance(right, pa.Table):  # small: sent once with the map function (Ray Data puts it in the object store)
+        return left.map_batches(_join_block, fn_kwargs={"done": right, "how": how.replace("_", " ")},
+                                batch_format="pyarrow", zero_copy_batch=True)
+    return left.join(right, join_type=how, on=KEYS, num_partitions=_partitions(n))
+
+
 def anti_join(left, right, n: int):
-    return left if right is None else left.join(right, join_type="left_anti", on=KEYS, num_partitions=_partitions(n))
+    """``left``'s rows with no match in ``right`` (a Table or a Dataset of keys, or None)."""
+    return left if right is None else _join(left, right, "left_anti", n)
 
 
 def semi_count(left, right, n: int) -> int:
-    return 0 if right is None else left.join(right, join_type="left_semi", on=KEYS, num_partitions=_partitions(n)).count()
+    """How many of ``left``'s rows have a match in ``right``."""
+    return 0 if right is None else _join(left, right, "left_semi", n).count()
 
 
 @dataclass
