@@ -190,6 +190,10 @@ def test_s3_round_trip_with_ray_data_and_pyarrow(s3_server, ray_local, tmp_path)
     assert len(rows) == 10
     assert set(rows[0]) == {"image_id", "image"}
     assert {r["image_id"]: bytes(r["image"]) for r in rows} == {k: v[0] for k, v in expected.items()}
+    # read by Ray Data's V1 Parquet reader (footers once), not V2's list-on-every-pass
+    # (ray_compat.read_parquet_footers_once): no ListFiles operator in the executed plan
+    stats = ds.stats()
+    assert "ReadParquet" in stats and "ListFiles" not in stats
 
     # the listing in the bucket is exactly the layout
     fs, path = storage.fsspec_filesystem(uri)

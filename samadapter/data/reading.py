@@ -32,7 +32,7 @@ def read_split(dataset_uri: str, split: str, columns: Optional[Sequence[str]] = 
         split: e.g. ``train`` or ``test``.
         columns: columns to read (default: all); e.g. ``["image_id", "image"]`` for inference.
     """
-    import ray.data
+    from ..ray_compat import read_parquet_footers_once
 
     _check_split(dataset_uri, split)
     fs, path = storage.pyarrow_filesystem(split_uri(dataset_uri, split))
@@ -40,7 +40,8 @@ def read_split(dataset_uri: str, split: str, columns: Optional[Sequence[str]] = 
     unknown = sorted(set(cols) - set(COLUMNS))
     if unknown:
         raise ValueError(f"unknown columns {unknown}; the schema has {list(COLUMNS)}")
-    return ray.data.read_parquet(path, filesystem=fs, **read_kwargs).select_columns(cols)
+    # read every epoch and every validation: the footers once, not on each pass
+    return read_parquet_footers_once(path, filesystem=fs, **read_kwargs).select_columns(cols)
 
 
 def iter_records(dataset_uri: str, split: str, columns: Optional[Sequence[str]] = None, batch_size: int = 16) -> Iterator[Dict[str, list]]:
