@@ -19,6 +19,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Token authentication for every Ray the tests start or join (read once per process by Ray,
 # so it is set before Ray is imported).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Ray Train's controller steps (worker group started, reports, the run's end) wait for its
+# next poll of the workers, every 2 s by default: ~6 s of every test run of a few seconds'
+# training. Inherited by every Ray the tests start (its controller reads it).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 def pytest_collection_modifyitems(config, items):
