@@ -6,10 +6,10 @@ A checkpoint of the arch's shapes in SAM's key layout is written to a temporary 
 file in the page cache for all of them:
 
 - ``read``: ``torch.load`` of the file, every tensor read into memory;
-- ``build``: ``build_model(arch, sam_checkpoint=file)`` (the base laid out on ``meta`` and
-  given the file's memory-mapped tensors, the adapter drawn from its seed), then every
-  weight touched once (what a first forward or a ``.to("cuda")`` pays), so that it reads
-  the file as ``read`` does;
+- ``build``: ``build_model(arch, sam_checkpoint=file)`` (the base laid out on ``meta``,
+  replaying its random draws so that the adapter's seeded init is what a full build gives,
+  then given the file's memory-mapped tensors), then every weight touched once (what a
+  first forward or a ``.to("cuda")`` pays), as ``read`` touches what it loaded;
 - ``full_build``: the way every start worked before: the whole model initialised at random,
   then the file read and copied into it.
 
