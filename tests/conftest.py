@@ -28,7 +28,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 def pytest_collection_modifyitems(config, items):
     """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
     fixture must be marked slow."""
-    unmarked = [i.nodeid for i in items if "ray_local" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("slow")]
+    unmarked = [i.nodeid for i in items if {"ray_local", "ray_address"} & set(getattr(i, "fixturenames", ()))
+                and not i.get_closest_marker("slow")]
     if unmarked:
         raise pytest.UsageError(f"tests that start Ray without @pytest.mark.slow: {unmarked}")
 
@@ -171,6 +172,13 @@ def ray_local(s3_server):
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": dict(RAY_WORKER_ENV)})
     yield ray
+
+
+@pytest.fixture
+def ray_address(ray_local) -> str:
+    """The shared Ray's address: a job run as a subprocess with ``RAY_ADDRESS`` set to it
+    joins that Ray (a driver of its own, as under ``ray job submit``) instead of starting one."""
+    return ray_local.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,10 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "jobs", "benchmark.py")
 
 
-def _run(tmp_path, *args, timeout=300, head="| arch |"):
+def _run(tmp_path, *args, timeout=300, head="| arch |", env=None):
     out = tmp_path / "result.json"
     r = subprocess.run([sys.executable, BENCH, *args, "--json", str(out)], capture_output=True, text=True,
-                       timeout=timeout, cwd=tmp_path, env=os.environ.copy())
+                       timeout=timeout, cwd=tmp_path, env=dict(os.environ, **(env or {})))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "machine: cpu " in r.stdout and f"torch {torch.__version__}" in r.stdout and head in r.stdout
     return json.loads(out.read_text())
@@ -25,9 +25,10 @@ def _run(tmp_path, *args, timeout=300, head="| arch |"):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_pipeline_mode_on_tiny(tmp_path):
+def test_pipeline_mode_on_tiny(ray_address, tmp_path):
     data = _run(tmp_path, "pipeline", "--arch", "tiny", "--images", "8", "--scene-size", "96",
-                "--batch-size", "4", "--warmup", "0", "--repeats", "1", timeout=380)
+                "--batch-size", "4", "--warmup", "0", "--repeats", "1", timeout=380,
+                env={"RAY_ADDRESS": ray_address})  # the job's side joins the shared Ray
     (row,) = data["results"]
     assert row["images"] == 8 and row["ratio"] > 0 and row["bare_images_per_s"] > 0
     # the loop's own program pays imports and model load; its loop alone is faster
@@ -120,13 +121,13 @@ def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(500)
-def test_plan_mode_over_a_history_of_nights_before_and_after_compaction(tmp_path):
-    """The plan benchmark (one child process and its Ray per plan): a key list of 2000 and a
-    ledger of as many rows in 30 files, half of them tonight's keys; planned, compacted,
-    planned again. (Its per-size mode, --keys N,M without --history-nights, runs the same
-    child per size.)"""
+def test_plan_mode_over_a_history_of_nights_before_and_after_compaction(ray_address, tmp_path):
+    """The plan benchmark (one child process per plan, here joining the shared Ray): a key
+    list of 2000 and a ledger of as many rows in 30 files, half of them tonight's keys;
+    planned, compacted, planned again. (Its per-size mode, --keys N,M without
+    --history-nights, runs the same child per size.)"""
     data = _run(tmp_path, "plan", "--keys", "2000", "--history-nights", "10", "--files-per-night", "3", timeout=480,
-                head="| history_nights |")
+                head="| history_nights |", env={"RAY_ADDRESS": ray_address})
     before, after = data["results"]
     assert (before["compacted"], after["compacted"]) == (False, True)
     assert before["ledger_files"] == 30 and after["ledger_files"] == 1

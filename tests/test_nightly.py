@@ -255,7 +255,7 @@ def test_one_job_per_night_on_a_ray_head(head):
     assert _jobs(head, "2026-01-02") == {"samadapter-nightly-2026-01-02-a1": "FAILED", "samadapter-nightly-2026-01-02-a2": "FAILED"}
 
     # a second invocation while tonight's job runs follows it: one job, both exit 0
-    slow = ["--", "python", "-c", "import time; time.sleep(8); print('slow night done')"]
+    slow = ["--", "python", "-c", "import time; time.sleep(5); print('slow night done')"]
     first = _nightly(head, "2026-01-03", *slow, wait=False)
     deadline = time.monotonic() + 120
     while not _jobs(head, "2026-01-03") and time.monotonic() < deadline:
@@ -267,7 +267,7 @@ def test_one_job_per_night_on_a_ray_head(head):
     assert _jobs(head, "2026-01-03") == {"samadapter-nightly-2026-01-03-a1": "SUCCEEDED"}
 
     # the deadline stops a job that runs too long
-    rc, out = _nightly(head, "2026-01-04", "--deadline-hours", "0.003", "--", "python", "-c", "import time; time.sleep(300)")
+    rc, out = _nightly(head, "2026-01-04", "--deadline-hours", "0.0015", "--", "python", "-c", "import time; time.sleep(300)")
     assert rc == 3 and "stopping it" in out and "cleared the cluster's resource request" in out, out[-3000:]
     assert _jobs(head, "2026-01-04") == {"samadapter-nightly-2026-01-04-a1": "STOPPED",
                                          "samadapter-nightly-2026-01-04-a1-release": "SUCCEEDED"}

@@ -24,7 +24,6 @@ from samadapter import storage
 from samadapter.segment.ledger import read_ledger_table
 from samadapter.segment.run import SegmentConfig, run_segmentation
 
-from .rayheads import start_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +175,7 @@ def test_dry_run_builds_no_model(ray_local, adapter, tmp_path):
     assert model_actors() == before  # no model actor was started (a real run's pool shows up here)
 
 
-def test_killed_driver_then_rerun(tmp_path):
+def test_killed_driver_then_rerun(ray_address, tmp_path):
     """The driver is killed mid-run; the ledger was flushed by time (one file would hold
     every row of this small night), so what finished more than a flush (and a block) before
     the kill is recorded; the rerun redoes only what the ledger does not have, and every
@@ -190,42 +189,39 @@ def test_killed_driver_then_rerun(tmp_path):
     adapter = str(tmp_path / "adapter512.safetensors")
     build_model("tiny", img_size=512).save_adapter(adapter)  # slow enough to be killed mid-run (~20 inputs/s)
     out = tmp_path / "out"
-    head = start_head(num_cpus=3)
-    try:
-        env = dict(head.env, RAY_ADDRESS=head.gcs_address, PYTHONPATH=ROOT)
-        cmd = [sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", str(folder), "--output", str(out),
-               "--checkpoint", adapter, "--batch-size", "1", "--ledger-flush-seconds", "1",
-               "--lease-timeout-minutes", "0.05", "--no-progress"]  # the killed run's lease: taken over after 3 s
-        driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        ledger = out / "ledger"
-        deadline = time.monotonic() + 240
-        masks = out / "masks"
-        while time.monotonic() < deadline and driver.poll() is None:
-            if ledger.exists() and len(list(ledger.rglob("*.parquet"))) >= 3:  # three flushes
-                break
-            time.sleep(0.1)
-        assert driver.poll() is None, "the run ended before it could be killed"
-        os.killpg(driver.pid, signal.SIGKILL)
-        killed_at = time.time()
-        driver.wait()
-        # masks written 5 s before the kill: their rows reached the driver (a block, ~1 s here)
-        # and were flushed (every second)
-        settled = [p for p in masks.rglob("*.png") if p.stat().st_mtime < killed_at - 5]
-        before, stable = [], 0
-        while stable < 3:  # tasks of the dead driver are cancelled; wait until nothing more lands
-            time.sleep(1)
-            now = _rows(str(out))
-            stable = stable + 1 if len(now) == len(before) else 0
-            before = now
-        assert 0 < len(before) < n
-        recorded = {r["output_key"] for r in before}
-        assert settled and all(str(p.relative_to(out)) in recorded for p in settled)  # at most a flush (+ a block) lost
-        r = subprocess.run(cmd + ["--wait-for-lease"], env=env, capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        rows = _rows(str(out))
-        ok = [r["uri"] for r in rows if r["status"] == "ok"]
-        assert sorted(ok) == sorted(str(p) for p in folder.iterdir())  # every input ok exactly once
-        assert len({r["run_id"] for r in rows}) == 2
-        assert f"to do tonight        {n - len(before)}" in r.stdout  # only the unrecorded work was redone
-    finally:
-        head.stop()
+    # the drivers join the shared Ray, which outlives the killed one
+    env = dict(os.environ, RAY_ADDRESS=ray_address, PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", str(folder), "--output", str(out),
+           "--checkpoint", adapter, "--batch-size", "1", "--ledger-flush-seconds", "1",
+           "--lease-timeout-minutes", "0.05", "--no-progress"]  # the killed run's lease: taken over after 3 s
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ledger = out / "ledger"
+    deadline = time.monotonic() + 240
+    masks = out / "masks"
+    while time.monotonic() < deadline and driver.poll() is None:
+        if ledger.exists() and len(list(ledger.rglob("*.parquet"))) >= 3:  # three flushes
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, "the run ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    killed_at = time.time()
+    driver.wait()
+    # masks written 5 s before the kill: their rows reached the driver (a block, ~1 s here)
+    # and were flushed (every second)
+    settled = [p for p in masks.rglob("*.png") if p.stat().st_mtime < killed_at - 5]
+    before, stable = [], 0
+    while stable < 3:  # tasks of the dead driver are cancelled; wait until nothing more lands
+        time.sleep(1)
+        now = _rows(str(out))
+        stable = stable + 1 if len(now) == len(before) else 0
+        before = now
+    assert 0 < len(before) < n
+    recorded = {r["output_key"] for r in before}
+    assert settled and all(str(p.relative_to(out)) in recorded for p in settled)  # at most a flush (+ a block) lost
+    r = subprocess.run(cmd + ["--wait-for-lease"], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = _rows(str(out))
+    ok = [r["uri"] for r in rows if r["status"] == "ok"]
+    assert sorted(ok) == sorted(str(p) for p in folder.iterdir())  # every input ok exactly once
+    assert len({r["run_id"] for r in rows}) == 2
+    assert f"to do tonight        {n - len(before)}" in r.stdout  # only the unrecorded work was redone

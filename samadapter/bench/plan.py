@@ -2,7 +2,7 @@
 
 For each size N, a fresh process (its own peak RSS) generates a key list of N URIs
 (Parquet) and a ledger of N rows (half of them tonight's keys, half an older night's),
-starts a local Ray, and runs the segment job's ``--dry-run`` on them (listing, the
+starts a local Ray (or joins ``RAY_ADDRESS``'s), and runs the segment job's ``--dry-run`` on them (listing, the
 anti-join that gives tonight's work, and the dry run's semi-joins), through
 ``run_segmentation``. Reported: keys, seconds, driver peak RSS (MiB).
 
@@ -60,10 +60,13 @@ def make_inputs(folder: str, keys: int, fingerprint: str = "0123456789abcdef", l
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 args = json.loads(sys.argv[1])
 import ray
-ray.init(num_cpus=args["cpus"], include_dashboard=False, log_to_driver=False)
+if os.environ.get("RAY_ADDRESS"):  # a running cluster's (the driver's cost is the same)
+    ray.init(log_to_driver=False)
+else:
+    ray.init(num_cpus=args["cpus"], include_dashboard=False, log_to_driver=False)
 from samadapter.segment.run import SegmentConfig, run_segmentation
 t0 = time.perf_counter()
 s = run_segmentation(SegmentConfig(input_list=args["key_list"], input_root="/bench", output=args["output"],
