@@ -2,9 +2,9 @@
 
 For each size N, a fresh process (its own peak RSS) generates a key list of N URIs
 (Parquet) and a ledger of N rows (half of them tonight's keys, half an older night's),
-starts a local Ray (or joins ``RAY_ADDRESS``'s), and runs the segment job's ``--dry-run`` on them (listing, the
-anti-join that gives tonight's work, and the dry run's semi-joins), through
-``run_segmentation``. Reported: keys, seconds, driver peak RSS (MiB).
+starts a local Ray (or joins the one ``RAY_ADDRESS`` names), and runs the segment job's
+``--dry-run`` on them (listing, the anti-join that gives tonight's work, and the dry run's
+semi-joins), through ``run_segmentation``. Reported: keys, seconds, driver peak RSS (MiB).
 
 With ``history_nights`` (``--history-nights 365``) the ledger is a year of nights instead:
 its rows spread over ``history_nights x files_per_night`` files, as a year of flushes of

@@ -321,9 +321,9 @@ def read_ledger(output: str, columns, uri_prefix: Optional[str] = None, files: O
 
 
 def read_ledger_here(output: str, columns, uri_prefix: Optional[str] = None,
-                     files: Optional[LedgerFiles] = None, where=None) -> Optional[pa.Table]:
-    """``read_ledger``'s rows as one table read in this process (small ledgers: a plan whose
-    done rows fit in the driver, tests), ``where`` a further pyarrow filter expression."""
+                     files: Optional[LedgerFiles] = None) -> Optional[pa.Table]:
+    """``read_ledger``'s rows as one table read in this process (small ledgers only: a plan
+    that broadcasts its done keys, tests)."""
     import pyarrow.dataset as pads
 
     files = files if files is not None else check_ledger(output, quarantine=False)
@@ -332,10 +332,10 @@ def read_ledger_here(output: str, columns, uri_prefix: Optional[str] = None,
     fs, base = storage.pyarrow_filesystem(layout.ledger_dir(output))
     dataset = pads.dataset(files.paths, filesystem=fs, format="parquet", partition_base_dir=base,
                            partitioning=pads.HivePartitioning.discover(infer_dictionary=False))
+    where = None
     if uri_prefix:
         uri = pads.field("uri")
-        in_prefix = (uri >= uri_prefix) & (uri < layout.key_upper_bound(uri_prefix))
-        where = in_prefix if where is None else in_prefix & where
+        where = (uri >= uri_prefix) & (uri < layout.key_upper_bound(uri_prefix))
     return dataset.to_table(columns=list(columns) if columns else None, filter=where)
 
 
