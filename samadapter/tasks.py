@@ -16,9 +16,12 @@ Torch-free: the segment job's driver and evaluation read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+import logging
+from typing import Callable, Dict, Optional, Tuple
 
 from .metrics import BERMetrics, CODMetrics, OverlapMetrics
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TASK = "camouflage"
 LOSSES = ("bce_iou", "balanced_bce", "dice_bce")
@@ -68,3 +71,17 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]
+
+
+def resolve_task(explicit: Optional[str], dataset: Optional[str], adapter: Optional[str] = None,
+                 dataset_uri: str = "the dataset", adapter_uri: str = "the adapter") -> str:
+    """The task a job runs: the one given explicitly (``--task``) wins, then the dataset's
+    (``_dataset.json``), then the adapter's (its metadata), then camouflage. A dataset and an
+    adapter that disagree cost one warning naming both."""
+    if dataset and adapter and dataset != adapter:
+        chosen = explicit or dataset
+        log.warning("%s was converted for task %r but %s was trained for %r; scoring as %r%s", dataset_uri, dataset,
+                    adapter_uri, adapter, chosen, "" if explicit else " (the dataset's; --task overrides)")
+    task = explicit or dataset or adapter or DEFAULT_TASK
+    get_task(task)
+    return task

@@ -105,7 +105,7 @@ def test_dice_bce_and_bce_iou_against_hand_computed_values():
 def test_task_field_of_the_recipe():
     cfg = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "local-tiny-shadow.yaml"))
     assert cfg.task == "shadow" and cfg.loss == "balanced_bce" and "synthetic-shadow-" in cfg.dataset_uri()
-    assert TrainConfig().task == "camouflage" and TrainConfig().loss == "bce_iou"
+    assert TrainConfig().task is None and TrainConfig().task_spec.name == "camouflage" and TrainConfig().loss == "bce_iou"
     polyp = TrainConfig().with_overrides(["task=polyp"])
     assert polyp.loss == "dice_bce" and polyp.with_overrides(["optim.loss=bce_iou"]).loss == "bce_iou"
     assert TrainConfig.from_dict(polyp.to_dict()).task == "polyp"
@@ -114,6 +114,25 @@ def test_task_field_of_the_recipe():
     with pytest.raises(ConfigError, match="optim.loss 'focal'"):
         TrainConfig().with_overrides(["optim.loss=focal"])
     assert {t.mode for t in TASKS.values()} == {"max", "min"} and get_task("shadow").mode == "min"
+
+
+def test_training_defaults_to_the_datasets_task(tmp_path, caplog):
+    from samadapter.data.prepare import prepare_dataset
+    from samadapter.data.sources import synthetic_listing
+
+    data = str(tmp_path / "shadow")
+    prepare_dataset(synthetic_listing(2, 1, size=64, seed=1, kind="shadow"), data, progress=False)
+    on_data = TrainConfig().with_overrides([f"data.dataset={data}"])
+    assert on_data.task is None and on_data.with_task_resolved().task == "shadow"
+    assert on_data.with_task_resolved().loss == "balanced_bce"
+    with caplog.at_level("WARNING"):
+        explicit = on_data.with_overrides(["task=polyp"]).with_task_resolved()
+    assert explicit.task == "polyp" and "converted for task 'shadow'; training task 'polyp'" in caplog.text
+    # without a dataset: the embedded scenes' kind, else camouflage
+    assert TrainConfig().with_overrides(["data.synthetic_kind=polyp"]).with_task_resolved().task == "polyp"
+    assert TrainConfig().with_task_resolved().task == "camouflage"
+    # a dataset whose source did not say (paired folders, older datasets): camouflage
+    assert TrainConfig().with_overrides([f"data.dataset={data}"]).with_task_resolved(None).task == "camouflage"
 
 
 def test_checkpoint_selection_follows_the_task(tmp_path):
@@ -199,7 +218,7 @@ def test_converter_refuses_a_wrong_layout_and_prepares_tiffs(tmp_path):
     out = str(tmp_path / "out")
     prepare_dataset(task_listing("cvc", str(tmp_path / "cvc"), test_percent=50), out, progress=False)
     info = read_dataset_info(out)
-    assert sum(info["splits"].values()) == 4
+    assert sum(info["splits"].values()) == 4 and info["task"] == "polyp"
     env = dict(os.environ, PYTHONPATH=ROOT)
     bad = subprocess.run([sys.executable, "jobs/prepare_data.py", "--source", "sbu", "--input", str(tmp_path / "wrong"),
                           "--output", str(tmp_path / "o2")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -223,10 +242,40 @@ def test_evaluate_prints_the_tasks_columns(tmp_path):
             inverted = 255 - np.asarray(Image.open(io.BytesIO(mask)).convert("L"))
             Image.fromarray(inverted).save(path)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "jobs/evaluate.py", "--dataset", data, "--predictions", str(preds), "--task", "shadow",
+    # no --task: the dataset's (prepare_data recorded "shadow" in its _dataset.json)
+    out = subprocess.run([sys.executable, "jobs/evaluate.py", "--dataset", data, "--predictions", str(preds),
                           "--output", str(tmp_path / "report")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "task: shadow" in out.stdout and "| BER % | shadow err % | non-shadow err % |" in out.stdout
     assert "| 100.000 | 100.000 | 100.000 |" in out.stdout  # every pixel inverted
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["task"] == "shadow" and report["ber"] == 100
+
+
+def test_a_converted_istd_folder_evaluates_with_ber_without_task(tmp_path, caplog):
+    """An adapter saved without a task (or for another) on a converted ISTD dataset: the
+    dataset's task decides, and a disagreement is one warning naming both."""
+    from samadapter.data.prepare import prepare_dataset
+    from samadapter.data.sources import task_listing
+    from samadapter.evaluate.evaluation import evaluate_checkpoint
+    from samadapter.modeling import build_model
+    from samadapter.modeling.weights import save_adapter
+
+    for image_tpl, mask_tpl, fmt, count in LAYOUTS["istd"]:
+        for i in range(count):
+            name = f"{image_tpl.split('/')[0]}{i}"  # (an image id is unique across splits)
+            _image(str(tmp_path / "istd" / image_tpl.format(name)), fmt)
+            _image(str(tmp_path / "istd" / mask_tpl.format(name)), "PNG", mask=True)
+    data = str(tmp_path / "data")
+    prepare_dataset(task_listing("istd", str(tmp_path / "istd")), data, progress=False)
+    model = build_model("tiny")
+    save_adapter(model, str(tmp_path / "plain.safetensors"))
+    save_adapter(model, str(tmp_path / "cod.safetensors"), {"task": "camouflage"})
+    ev = evaluate_checkpoint(data, "test", str(tmp_path / "plain.safetensors"), keep_examples=False)
+    assert ev.task == "shadow" and "ber" in ev.metrics and ev.metrics["num_images"] == 2
+    with caplog.at_level("WARNING"):
+        ev = evaluate_checkpoint(data, "test", str(tmp_path / "cod.safetensors"), keep_examples=False)
+    assert ev.task == "shadow" and "ber" in ev.metrics
+    assert "converted for task 'shadow' but" in caplog.text and "trained for 'camouflage'" in caplog.text
+    ev = evaluate_checkpoint(data, "test", str(tmp_path / "cod.safetensors"), keep_examples=False, task="polyp")
+    assert ev.task == "polyp" and "dice" in ev.metrics

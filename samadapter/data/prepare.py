@@ -75,6 +75,8 @@ def prepare_dataset(
             seen.add(sample.image_id)
             writer.add(sample)
         writer.extra["description"] = listing.description
+        if listing.task:
+            writer.extra["task"] = listing.task
         writer.extra["skipped"] = len(skipped)
     return {
         "output": output,

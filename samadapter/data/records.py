@@ -2,12 +2,14 @@
 
 ::
 
-    <uri>/_dataset.json                 counts per split, schema version, sources
+    <uri>/_dataset.json                 counts per split, schema version, sources, task
     <uri>/<split>/part-00000.parquet    image_id, image, mask, height, width, split, source
 
 ``image`` holds the original encoded bytes (never re-encoded); ``mask`` is a
 single-channel PNG (0/255); ``height``/``width`` are the upright (EXIF-applied) size.
-``_dataset.json`` is written last: a dataset without it is incomplete.
+``_dataset.json`` is written last: a dataset without it is incomplete. Its ``task`` (when the
+source says: COD10K camouflage, ISTD/SBU shadow, Kvasir/CVC polyp, synthetic scenes their
+kind) is what training and evaluation default to.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def read_dataset_info(dataset_uri: str) -> dict:
             "re-create it with this version's jobs/prepare_data.py"
         )
     return manifest
+
+
+def dataset_task(dataset_uri: str) -> Optional[str]:
+    """The task a dataset was converted for (``_dataset.json``'s ``task``), or None when its
+    source did not say (paired folders without ``--task``, datasets written before tasks)."""
+    return read_dataset_info(dataset_uri).get("task")
 
 
 class DatasetWriter:

@@ -38,6 +38,7 @@ class SourceListing:
     description: str
     candidates: List[Candidate] = field(default_factory=list)
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)  # (what, status, reason)
+    task: Optional[str] = None  # what the dataset is for (samadapter/tasks.py); written to _dataset.json
 
 
 def _stem(path: str) -> str:
@@ -129,7 +130,7 @@ def cod_listing(uri: str, include_noncam: bool = False) -> SourceListing:
     layout, root = detect_cod_layout(uri)
     folder = _Folder(root)
     if layout == "cod10k-v3":
-        listing = SourceListing(f"COD10K-v3 layout (Train/Test with Image and GT_Object) at {root}")
+        listing = SourceListing(f"COD10K-v3 layout (Train/Test with Image and GT_Object) at {root}", task="camouflage")
         for top, split in (("Train", "train"), ("Test", "test")):
             if not folder.isdir(top, "Image"):
                 continue
@@ -140,7 +141,7 @@ def cod_listing(uri: str, include_noncam: bool = False) -> SourceListing:
                     listing.skipped.append((images.pop(stem), "non_camouflaged", "NonCAM image (--include-noncam keeps them)"))
             _pair(folder, listing, images, masks, split, lambda s: "cod10k")
         return listing
-    listing = SourceListing(f"COD release layout (TrainDataset, TestDataset/<name>) at {root}")
+    listing = SourceListing(f"COD release layout (TrainDataset, TestDataset/<name>) at {root}", task="camouflage")
     if folder.isdir("TrainDataset", "Imgs"):
         masks = folder.images("TrainDataset", "GT") if folder.isdir("TrainDataset", "GT") else {}
         _pair(folder, listing, folder.images("TrainDataset", "Imgs"), masks, "train", _cod_source_of)
@@ -193,7 +194,8 @@ def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int 
         raise ValueError("--num-train and --num-test must be >= 0 and not both 0")
     if size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {size}")
-    listing = SourceListing(f"synthetic {kind} scenes ({num_train} train, {num_test} test, {size}px, seed {seed})")
+    listing = SourceListing(f"synthetic {kind} scenes ({num_train} train, {num_test} test, {size}px, seed {seed})",
+                            task=kind)
     # Test scenes use indices after the training ones: no scene is in both splits.
     for split, start, count in (("train", 0, num_train), ("test", num_train, num_test)):
         for i in range(start, start + count):
@@ -219,6 +221,7 @@ TASK_LAYOUTS: Dict[str, List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]] = {
     "cvc": [("all", ("Original",), ("Ground Truth",))],
 }
 TASK_SOURCE_NAMES = {"istd": "ISTD", "sbu": "SBU", "kvasir": "Kvasir-SEG", "cvc": "CVC-ClinicDB"}
+TASK_OF_SOURCE = {"istd": "shadow", "sbu": "shadow", "kvasir": "polyp", "cvc": "polyp"}
 
 
 def split_of(stem: str, test_percent: float) -> str:
@@ -254,7 +257,7 @@ def task_listing(name: str, uri: str, test_percent: float = 10.0) -> SourceListi
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(TASK_LAYOUTS)}")
     root = detect_task_layout(name, uri)
     folder = _Folder(root)
-    listing = SourceListing(f"{TASK_SOURCE_NAMES[name]} layout at {root}")
+    listing = SourceListing(f"{TASK_SOURCE_NAMES[name]} layout at {root}", task=TASK_OF_SOURCE[name])
     for split, images_dir, masks_dir in TASK_LAYOUTS[name]:
         if not folder.isdir(*images_dir):
             continue

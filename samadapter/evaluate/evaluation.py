@@ -21,7 +21,8 @@ from ..data.reading import iter_records
 from ..data.transforms import decode_sample, thumbnail
 from ..metrics import format_table
 from ..segment.layout import output_key
-from ..tasks import DEFAULT_TASK, get_task
+from ..data.records import dataset_task
+from ..tasks import get_task, resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Evaluation:
     per_image: List[Tuple[str, float]] = field(default_factory=list)  # (image_id, the task's per-image score)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (image_id, reason)
     examples: Dict[str, np.ndarray] = field(default_factory=dict)  # thumbnails: image | gt | prediction
-    task: str = DEFAULT_TASK
+    task: str = "camouflage"
 
 
 def _rows(dataset: str, split: str, batch_size: int = 16):
@@ -66,7 +67,8 @@ def evaluate_checkpoint(
     task: Optional[str] = None,
 ) -> Evaluation:
     """Run a checkpoint over a split and score it at the ground truths' original sizes with
-    the metrics of ``task`` (default: the task the adapter was trained for)."""
+    the metrics of ``task`` (default: the dataset's task, else the one the adapter was trained
+    for; ``tasks.resolve_task``)."""
     import torch
 
     from .predict import predict_split
@@ -76,7 +78,7 @@ def evaluate_checkpoint(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     adapter = resolve_adapter(checkpoint)
-    task = task or read_adapter(adapter)[1].get("task", DEFAULT_TASK)
+    task = resolve_task(task, dataset_task(dataset), read_adapter(adapter)[1].get("task"), dataset, adapter)
     model = build_from_adapter(adapter, sam_checkpoint).to(device)
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for p in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
@@ -100,8 +102,10 @@ def _read_prediction(predictions: str, image_id: str) -> Tuple[Optional[np.ndarr
 
 
 def evaluate_predictions(dataset: str, split: str, predictions: str, keep_examples: bool = True,
-                         task: str = DEFAULT_TASK) -> Evaluation:
-    """Score a segmentation output against a split's ground truth with the task's metrics."""
+                         task: Optional[str] = None) -> Evaluation:
+    """Score a segmentation output against a split's ground truth with the metrics of ``task``
+    (default: the dataset's task, else camouflage)."""
+    task = resolve_task(task, dataset_task(dataset))
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for image_id, image_bytes, mask_bytes in _rows(dataset, split):
         d = decode_sample(image_bytes, mask_bytes, require_mask=True)

@@ -5,7 +5,8 @@
     python jobs/evaluate.py --dataset s3://bucket/cod --split test --predictions s3://bucket/masks/
 
 At each ground truth's original resolution, the metrics of the task (--task; default the
-task the checkpoint was trained for, camouflage for --predictions): camouflage - S-measure
+dataset's task recorded by prepare_data, else the one the checkpoint was trained for, else
+camouflage; a dataset and checkpoint that disagree are named in a warning): camouflage - S-measure
 (alpha 0.5), mean E-measure, weighted F-measure, MAE; shadow - BER with shadow and
 non-shadow errors (percent); polyp and generic - Dice, IoU, MAE. Writes metrics.json, metrics.md (a Markdown table) and examples.png
 (the best and worst images: image | ground truth | prediction) to --output.
@@ -37,7 +38,8 @@ class EvaluateConfig:
     predictions: Optional[str] = option(None, "instead of --checkpoint: the output prefix of jobs/segment.py run on "
                                               "this dataset")
     sam_checkpoint: Optional[str] = option(None, "the official SAM weights of the adapter (with --checkpoint)")
-    task: Optional[str] = option(None, "whose metrics to report (default: the checkpoint's task; camouflage)",
+    task: Optional[str] = option(None, "whose metrics to report (default: the dataset's task from its _dataset.json, "
+                                       "else the checkpoint's, else camouflage)",
                                  choices=sorted(TASKS))
     batch_size: int = option(4, "images per model call")
     resize_mode: str = option("squash", "how images are fitted to the model input (as trained)",
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
                              (FileNotFoundError, CheckpointError, ValueError))
     else:
         ev, status = guarded(lambda: evaluate_predictions(args.dataset, args.split, args.predictions,
-                                                          task=args.task or "camouflage"),
+                                                          task=args.task),
                              (FileNotFoundError, CheckpointError, ValueError))
     if status is not None:
         return status

@@ -38,6 +38,7 @@ from samadapter.data.prepare import prepare_dataset
 from samadapter.data.synthetic import SCENES
 from samadapter.data.records import DEFAULT_SHARD_MB, DatasetExistsError
 from samadapter.data.transforms import DEFAULT_MAX_PIXELS
+from samadapter.tasks import TASKS
 
 
 SOURCES = ("cod10k", *sources.TASK_LAYOUTS, "paired", "synthetic")
@@ -63,6 +64,10 @@ class PrepareConfig:
     size: int = option(256, "scene side in pixels", group=SYNTHETIC)
     seed: int = option(0, "scene seed", group=SYNTHETIC)
     kind: str = option("camouflage", "the scenes' kind", group=SYNTHETIC, choices=sorted(SCENES))
+    task: Optional[str] = option(None, "what the dataset is for, recorded in _dataset.json: training and evaluation "
+                                       "default to it (default: the source's - cod10k camouflage, istd/sbu shadow, "
+                                       "kvasir/cvc polyp, synthetic its kind; paired: none)", group=OUTPUT,
+                                 choices=sorted(TASKS))
     shard_mb: float = option(DEFAULT_SHARD_MB, "target shard size in MB", group=OUTPUT)
     overwrite: bool = option(False, "replace an existing dataset at --output", group=OUTPUT)
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images larger than this many pixels", group=OUTPUT)
@@ -75,6 +80,8 @@ class PrepareConfig:
             raise ConfigError(f"--source {self.source} needs --input DIR")
         if not 0 <= self.test_percent <= 100:
             raise ConfigError("--test-percent must be in [0, 100]")
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"--task {self.task!r}: choose one of {sorted(TASKS)}")
         if self.source == "paired" and not (self.images and self.masks and self.split):
             raise ConfigError("--source paired needs --images DIR --masks DIR --split NAME")
 
@@ -112,7 +119,9 @@ def main(argv=None) -> int:
     listing, status = guarded(lambda: _listing(cfg), (ValueError, FileNotFoundError))
     if status is not None:
         return status
-    print(f"source: {listing.description}; {len(listing.candidates)} candidates")
+    if cfg.task:
+        listing.task = cfg.task
+    print(f"source: {listing.description}; {len(listing.candidates)} candidates; task: {listing.task or 'not recorded'}")
     summary, status = guarded(lambda: prepare_dataset(listing, cfg.output, shard_mb=cfg.shard_mb,
                                                       overwrite=cfg.overwrite, max_pixels=cfg.max_pixels,
                                                       workers=cfg.workers, progress=not args.no_progress),

@@ -13,6 +13,7 @@ Torch-free: the checks that need the model's registry import it when a config is
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional
@@ -29,6 +30,9 @@ from ..modeling.arch import ARCHS, arch_config
 from ..tasks import DEFAULT_TASK, LOSSES, TASKS
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "RECIPES"]
+
+log = logging.getLogger(__name__)
+_READ_DATASET = object()  # with_task_resolved's default: read the dataset's task from its _dataset.json
 
 # The recipes shipped with the project (a missing --config lists them).
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
@@ -194,23 +198,44 @@ class RunConfig:
 class TrainConfig:
     """A training recipe."""
 
-    task: str = option(DEFAULT_TASK, "the loss, the validation metrics and the metric that picks the best "
-                                     "checkpoint (samadapter/tasks.py)", choices=sorted(TASKS))
+    task: Optional[str] = option(None, "the loss, the validation metrics and the metric that picks the best "
+                                       "checkpoint (samadapter/tasks.py); default: the dataset's task (its "
+                                       "_dataset.json), else camouflage", choices=sorted(TASKS))
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
+        if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"task {self.task!r}: choose one of {sorted(TASKS)}")
         if self.data.dataset is None and self.data.synthetic_size < 32:
             raise ConfigError("data.synthetic_size must be at least 32")
 
     @property
     def task_spec(self):
-        """The :class:`samadapter.tasks.Task` of this recipe."""
-        return TASKS[self.task]
+        """The :class:`samadapter.tasks.Task` of this recipe (camouflage while the task is
+        left to the dataset and not yet resolved: ``with_task_resolved``)."""
+        return TASKS[self.task or DEFAULT_TASK]
+
+    def with_task_resolved(self, dataset_task: Any = _READ_DATASET) -> "TrainConfig":
+        """This recipe with its task decided: the recipe's (``--task``) wins, then the
+        dataset's (``dataset_task``: its ``_dataset.json``'s, read from ``data.dataset`` when
+        not given), then the embedded scenes' kind, then camouflage. A recipe task that
+        differs from the dataset's costs one warning naming both."""
+        if dataset_task is _READ_DATASET:
+            dataset_task = None
+            if self.data.dataset:
+                from ..data.records import dataset_task as read_task
+
+                dataset_task = read_task(self.data.dataset)
+        if self.task is not None:
+            if dataset_task and dataset_task != self.task:
+                log.warning("dataset %s was converted for task %r; training task %r as the recipe says",
+                            self.data.dataset or self.dataset_uri(), dataset_task, self.task)
+            return self
+        implied = dataset_task or (None if self.data.dataset else self.data.synthetic_kind) or DEFAULT_TASK
+        return self.with_values({"task": implied})
 
     @property
     def loss(self) -> str:

@@ -96,6 +96,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
 
     dataset_uri = _absolute(ensure_embedded_dataset(cfg, progress=progress))
     manifest = read_dataset_info(dataset_uri)
+    cfg = cfg.with_task_resolved(manifest.get("task"))
     for split in (cfg.data.train_split, cfg.data.val_split):
         if split not in manifest["splits"]:
             raise ConfigError(f"dataset {dataset_uri} has no split {split!r} (it has {sorted(manifest['splits'])}); set data.train_split / data.val_split")

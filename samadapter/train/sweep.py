@@ -222,6 +222,7 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
     root = _absolute(storage_uri or base_cfg.run.storage_uri())
     sweep_uri = storage.join(root, spec.sweep_name())
     base_cfg.data.dataset = _absolute(ensure_embedded_dataset(base_cfg))  # once, not per trial
+    base_cfg = base_cfg.with_task_resolved()  # the sweep's metric is the task's
     base = base_cfg.to_dict()
     connect()
     grid_size = 1
