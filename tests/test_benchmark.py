@@ -66,10 +66,17 @@ def test_mask_times_from_the_masks_files(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_model_and_train_step_modes_on_tiny(tmp_path):
-    data = _run(tmp_path, "model", "--arch", "tiny", "--img-size", "64", "--warmup", "0", "--repeats", "1")
-    assert {r["attention"] for r in data["results"]} == {"original", "fast"}
-    assert all(r["gflop_per_image"] > 0 and r["images_per_s"] > 0 for r in data["results"])
-    assert len({round(r["gflop_per_image"], 6) for r in data["results"]}) == 1  # same work credited to both paths
+    data = _run(tmp_path, "model", "--arch", "tiny", "--img-size", "64,128", "--warmup", "0", "--repeats", "1")
+    rows = data["results"]
+    assert [(r["img_size"], r["attention"]) for r in rows] == [(64, "original"), (64, "fast"), (128, "original"),
+                                                              (128, "fast")]
+    assert all(r["gflop_per_image"] > 0 and r["images_per_s"] > 0 and r["peak_memory_mib"] >= 0 for r in rows)
+    for size in (64, 128):  # same work credited to both paths
+        assert len({round(r["gflop_per_image"], 6) for r in rows if r["img_size"] == size}) == 1
+    small, large = rows[0], rows[2]
+    assert 3.5 < large["gflop_per_image"] / small["gflop_per_image"] < 4.5  # a quarter of the pixels
+    assert small["cost_vs_largest"] == pytest.approx(small["seconds_per_image"] / large["seconds_per_image"])
+    assert large["cost_vs_largest"] == 1.0
     data = _run(tmp_path, "train-step", "--arch", "tiny", "--img-size", "64", "--warmup", "0", "--repeats", "1")
     assert [r["checkpointing"] for r in data["results"]] == [False, True]
 

@@ -229,6 +229,13 @@ def test_parquet_input_and_evaluation(ray_local, adapter, tmp_path):
     assert _run("--input", data, "--split", "test", "--output", out, "--checkpoint", adapter, "--save-probs") == 0
     rows = _ledger_rows(out)
     assert len(rows) == 6 and all(r["status"] == "ok" and (r["height"], r["width"]) == (48, 48) for r in rows)
+    # at another input size the outputs are another model's (a fingerprint of their own: redone
+    # with --backfill); at the adapter's own size the fingerprint is the first run's (nothing to do)
+    again = ["--input", data, "--split", "test", "--output", out, "--checkpoint", adapter, "--backfill"]
+    assert _run(*again, "--img-size", "96") == 0
+    assert len(_ledger_rows(out)) == 12 and len(os.listdir(os.path.join(out, "ledger"))) == 2
+    assert _run(*again, "--img-size", str(SIZE)) == 0
+    assert len(_ledger_rows(out)) == 12
 
     # evaluate the predictions written by the segment job, and the checkpoint directly
     report = str(tmp_path / "report")

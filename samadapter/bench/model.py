@@ -41,22 +41,35 @@ def _model_case(arch: str, img_size: int, batch: int, attention: str, dtype: str
     peak_dev = device_peak_tflops(dtype)
     return {
         "mode": "model", "arch": arch, "img_size": img_size, "batch": batch, "attention": attention, "dtype": dtype,
-        "device": device.type, **t, "images_per_s": ips, "gflop_per_image": flops / batch / 1e9,
+        "device": device.type, **t, "images_per_s": ips, "seconds_per_image": t["median_s"] / batch,
+        "peak_memory_mib": t["peak_mem_gib"] * 1024, "gflop_per_image": flops / batch / 1e9,
         "tflops": tflops, "fraction_of_peak": (tflops / peak_dev) if peak_dev else None,
     }
 
 
-def bench_model(arch: str, img_size: int, batches: List[int], attentions: List[str], dtypes: List[str],
+def bench_model(archs: List[str], img_sizes: List[int], batches: List[int], attentions: List[str], dtypes: List[str],
                 warmup: int = 2, repeats: int = 5) -> List[dict]:
+    """A row per arch x input size (none given: each arch's own) x dtype x batch x attention
+    path, each in a fresh process; ``cost_vs_largest``: seconds per image over those of the
+    same arch and settings at its largest input size here."""
+    from ..modeling.arch import arch_config
+
     threads = torch.get_num_threads()
     rows = []
-    for dtype in dtypes:
-        if dtype == "bf16" and not torch.cuda.is_available():
-            continue  # bf16 figures only where they mean something (GPU)
-        for batch in batches:
-            for attention in attentions:
-                rows.append(in_child(_model_case, dict(arch=arch, img_size=img_size, batch=batch, attention=attention,
-                                                            dtype=dtype, warmup=warmup, repeats=repeats, threads=threads)))
+    for arch in archs:
+        for img_size in img_sizes or [arch_config(arch).img_size]:
+            for dtype in dtypes:
+                if dtype == "bf16" and not torch.cuda.is_available():
+                    continue  # bf16 figures only where they mean something (GPU)
+                for batch in batches:
+                    for attention in attentions:
+                        rows.append(in_child(_model_case, dict(
+                            arch=arch, img_size=img_size, batch=batch, attention=attention, dtype=dtype, warmup=warmup,
+                            repeats=repeats, threads=threads)))
+    for row in rows:
+        same = [r for r in rows if all(r[k] == row[k] for k in ("arch", "batch", "attention", "dtype"))]
+        largest = max(same, key=lambda r: r["img_size"])
+        row["cost_vs_largest"] = row["seconds_per_image"] / largest["seconds_per_image"]
     return rows
 
 

@@ -65,10 +65,12 @@ def evaluate_checkpoint(
     resize_mode: str = "squash",
     keep_examples: bool = True,
     task: Optional[str] = None,
+    img_size: Optional[int] = None,
 ) -> Evaluation:
     """Run a checkpoint over a split and score it at the ground truths' original sizes with
     the metrics of ``task`` (default: the dataset's task, else the one the adapter was trained
-    for; ``tasks.resolve_task``)."""
+    for; ``tasks.resolve_task``); ``img_size``: run the model at another input size than it
+    was trained at."""
     import torch
 
     from .predict import predict_split
@@ -79,7 +81,7 @@ def evaluate_checkpoint(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     adapter = resolve_adapter(checkpoint)
     task = resolve_task(task, dataset_task(dataset), read_adapter(adapter)[1].get("task"), dataset, adapter)
-    model = build_from_adapter(adapter, sam_checkpoint).to(device)
+    model = build_from_adapter(adapter, sam_checkpoint, img_size=img_size).to(device)
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for p in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
                            bf16=device.type == "cuda", thumb_height=THUMB_HEIGHT if keep_examples else 0):

@@ -1,6 +1,6 @@
 """Benchmarks: model throughput, training-step memory, and the segment pipeline's overhead.
 
-    python jobs/benchmark.py model --arch vit_b --img-size 1024 --batch-sizes 1 --attention original fast
+    python jobs/benchmark.py model --arch vit_b --img-size 512,1024 --batch-sizes 1 --attention original fast
     python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
     python jobs/benchmark.py vs-reference --reference ~/src/SAM-Adapter-PyTorch --arch vit_b --img-size 1024
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
@@ -12,7 +12,8 @@
 
 Each figure is the median of --repeats timed runs after --warmup runs; every
 configuration of `model` and `train-step` runs in a fresh process so its peak memory is
-its own. `pipeline` divides the segment job's images/s (Ray Data on a started Ray, end to end:
+its own; `model` takes several archs and input sizes and gives each row's seconds per image
+over those of the same arch at its largest size (`cost_vs_largest`). `pipeline` divides the segment job's images/s (Ray Data on a started Ray, end to end:
 the actors' start-up and model loading included) by that of a bare single-process
 program doing the same work with the job's stage functions but no Ray (import, load the
 model, then read, decode, resize, model, resize back, threshold, PNG, write) on the same images with the same model, batch size
@@ -62,8 +63,12 @@ class Common:
 
 @dataclass(kw_only=True)
 class ModelBench(Common):
-    """Encoder + decoder images/s, peak memory, TFLOP/s."""
+    """Encoder + decoder images/s, seconds and peak memory per image, TFLOP/s; several archs
+    and input sizes side by side (--arch vit_b --img-size 512,1024)."""
 
+    arch: List[str] = option(help="archs, side by side (vit_h, vit_l, vit_b, tiny)", factory=lambda: ["tiny"])
+    img_size: List[int] = option(help="input sizes, side by side (default: each arch's own; SAM's 1024 weights also "
+                                      "run at 512 and 768)", factory=list)
     batch_sizes: List[int] = option(help="batch sizes", factory=lambda: [1])
     attention: List[str] = option(help="attention paths", factory=lambda: ["original", "fast"],
                                   choices=("original", "fast"))
@@ -180,15 +185,15 @@ def main(argv=None) -> int:
     from samadapter.bench.common import describe_machine
     from samadapter.modeling.arch import arch_config
 
-    img_size = args.img_size or arch_config(args.arch).img_size
     machine = describe_machine()
+    img_size = None if mode == "model" else args.img_size or arch_config(args.arch).img_size  # model: lists of both
     if mode == "model":
         from samadapter.bench.model import bench_model
 
-        rows = bench_model(args.arch, img_size, args.batch_sizes, args.attention, args.dtypes,
-                             warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
-        cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "median_s",
-                "gflop_per_image", "tflops", "fraction_of_peak", "peak_mem_gib"]
+        rows = bench_model(args.arch, args.img_size, args.batch_sizes, args.attention, args.dtypes,
+                           warmup=args.warmup if args.warmup is not None else 2, repeats=args.repeats or 5)
+        cols = ["arch", "img_size", "batch", "attention", "dtype", "device", "images_per_s", "seconds_per_image",
+                "cost_vs_largest", "gflop_per_image", "tflops", "fraction_of_peak", "peak_memory_mib"]
     elif mode == "train-step":
         from samadapter.bench.model import bench_train_step
 

@@ -44,6 +44,8 @@ class EvaluateConfig:
     batch_size: int = option(4, "images per model call")
     resize_mode: str = option("squash", "how images are fitted to the model input (as trained)",
                               choices=("squash", "pad"))
+    img_size: Optional[int] = option(None, "with --checkpoint: model input side (default: the adapter's; e.g. 512 "
+                                           "to measure what a cheaper nightly loses)")
     output: Optional[str] = option(None, "where the report goes (default: <checkpoint or predictions>/eval-<split>)")
 
     def __post_init__(self) -> None:
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
     output = args.output or storage.join(base, f"eval-{args.split}")
     if args.checkpoint:
         ev, status = guarded(lambda: evaluate_checkpoint(args.dataset, args.split, args.checkpoint, args.sam_checkpoint,
-                                                         args.batch_size, args.resize_mode, task=args.task),
+                                                         args.batch_size, args.resize_mode, task=args.task,
+                                                         img_size=args.img_size),
                              (FileNotFoundError, CheckpointError, ValueError))
     else:
         ev, status = guarded(lambda: evaluate_predictions(args.dataset, args.split, args.predictions,

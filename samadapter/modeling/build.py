@@ -16,6 +16,7 @@ from torch import nn
 from .arch import ARCHS, ArchConfig, arch_config  # noqa: F401 - re-exported
 from .attention import set_attention
 from .encoder import AdaptedImageEncoder
+from .resize import native_zero_tables
 from .sam_adapter import BatchedMaskDecoder, SamAdapter
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,11 @@ def build_from_config(cfg: ArchConfig, base_on_meta: bool = False) -> SamAdapter
             iou_head_depth=cfg.iou_head_depth,
             iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         )
-    return SamAdapter(encoder, prompt_encoder, decoder, config=cfg.to_dict())
+    model = SamAdapter(encoder, prompt_encoder, decoder, config=cfg.to_dict())
+    native = ARCHS.get(cfg.name)
+    if native is not None and native.img_size != cfg.img_size:  # a random base at another input size
+        model.set_native_tables(native_zero_tables(cfg, native.img_size))
+    return model
 
 
 def build_model(
@@ -194,10 +199,12 @@ def build_model(
     return model
 
 
-def build_from_adapter(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None, attention: str = "auto") -> SamAdapter:
+def build_from_adapter(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None, attention: str = "auto",
+                       img_size: Optional[int] = None) -> SamAdapter:
     """The model an adapter file describes (architecture from its metadata), in eval mode:
     what evaluation, the segment job and the benchmark load. Official SAM weights given as
-    a URI are fetched once per machine (``storage.local_copy``)."""
+    a URI are fetched once per machine (``storage.local_copy``). ``img_size``: run at
+    another input size than the adapter was trained at (a warning; ``resize.py``)."""
     import json
 
     from .. import storage
@@ -206,12 +213,15 @@ def build_from_adapter(adapter_checkpoint: str, sam_checkpoint: Optional[str] = 
     _, meta = weights.read_adapter(adapter_checkpoint)
     config = json.loads(meta["config"])
     arch = config.pop("name")
+    if img_size:
+        config["img_size"] = int(img_size)
     sam_path = storage.local_copy(sam_checkpoint) if sam_checkpoint else None
     return build_model(arch, sam_checkpoint=sam_path, adapter_checkpoint=adapter_checkpoint, attention=attention,
                        **config).eval()
 
 
-def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None) -> dict:
+def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = None,
+                      img_size: Optional[int] = None) -> dict:
     """Open and check what ``build_from_adapter`` would load, without building the model's
     weights (the model is laid out on the ``meta`` device) or unpickling anything but
     tensors: the adapter's format and architecture, and the SAM weights' keys and shapes
@@ -229,6 +239,12 @@ def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = N
         config = json.loads(meta["config"])
     except (KeyError, ValueError) as exc:
         raise weights.CheckpointError(f"{adapter_checkpoint}: no architecture in its metadata ({exc})") from None
+    if img_size:
+        config = {**config, "img_size": int(img_size)}
+        try:
+            arch_config(config["name"], **{k: v for k, v in config.items() if k != "name"})
+        except ValueError as exc:
+            raise weights.CheckpointError(f"{adapter_checkpoint}: cannot run at input size {img_size}: {exc}") from None
     if sam_checkpoint:
         if not storage.exists(sam_checkpoint):
             raise weights.CheckpointError(f"{sam_checkpoint}: no such file (--sam-checkpoint)")

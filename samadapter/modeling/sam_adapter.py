@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +13,6 @@ from torch import nn
 from ..constants import PIXEL_MEAN, PIXEL_STD
 from .arch import ADAPTER_PREFIXES, DECODER_PREFIX, PROMPT_PREFIX, UNUSED_DECODER_PREFIX
 from .encoder import AdaptedImageEncoder
-
-# Prefixes of the tensors that are trained and saved in an adapter checkpoint.
 
 
 
@@ -83,6 +81,9 @@ class SamAdapter(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), False)
         self._base_fingerprint: Optional[str] = None
+        # position tables as the base's weights were made (another input size: resize.py),
+        # which the fingerprint hashes in place of the resampled ones
+        self._native_tables: Dict[str, torch.Tensor] = {}
         self.freeze()
 
     # ----------------------------------------------------------------- parameters
@@ -117,20 +118,25 @@ class SamAdapter(nn.Module):
     def base_fingerprint(self) -> str:
         """SHA-256 (hex, 16 chars) of the frozen base weights, in key order.
 
-        Identifies the SAM weights an adapter was trained on. Cached: the base weights
-        are frozen and never change after loading.
+        Identifies the SAM weights an adapter was trained on, whatever the input size they
+        run at: position tables resampled to another size count as the file's own. Cached:
+        the base weights are frozen and never change after loading.
         """
         if self._base_fingerprint is None:
             digest = hashlib.sha256()
             for key, tensor in sorted(self.state_dict().items()):
                 if key.startswith(ADAPTER_PREFIXES):
                     continue
+                tensor = self._native_tables.get(key, tensor)
                 digest.update(key.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._base_fingerprint = digest.hexdigest()[:16]
         return self._base_fingerprint
 
-    def _invalidate_fingerprint(self) -> None:
+    def set_native_tables(self, tables: Dict[str, torch.Tensor]) -> None:
+        """The base's position tables at the input size its weights were made for, where
+        this model's are resampled (``resize.py``); the fingerprint is computed anew."""
+        self._native_tables = dict(tables)
         self._base_fingerprint = None
 
     def save_adapter(self, uri: str) -> None:

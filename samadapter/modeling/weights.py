@@ -21,6 +21,8 @@ from safetensors.torch import save as safetensors_save
 from .. import storage
 from .arch import ARCHS, ArchConfig
 from .knowledge import describe_knowledge
+from .resize import describe as describe_resize
+from .resize import resize_position_tables
 from .arch import PROMPT_PREFIX as _PROMPT_PREFIX
 
 if TYPE_CHECKING:  # annotations only: the model imports this module, not the other way round
@@ -128,7 +130,7 @@ def _check_keys(
 
 
 def _load_exact(model: SamAdapter, sd: Dict[str, torch.Tensor], expected_missing: set, uri: str,
-                assign: bool = False) -> None:
+                assign: bool = False, native_tables: Optional[Dict[str, torch.Tensor]] = None) -> None:
     if assign:  # the file's tensors become the model's (cast where the file's dtype differs)
         own = model.state_dict(keep_vars=True)
         sd = {k: v.to(own[k].dtype) for k, v in sd.items()}
@@ -141,7 +143,7 @@ def _load_exact(model: SamAdapter, sd: Dict[str, torch.Tensor], expected_missing
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left:
             raise CheckpointError(f"{uri}: {left[0]!r} (and {len(left) - 1} more) not in the file")
-    model._invalidate_fingerprint()
+    model.set_native_tables(native_tables or {})  # (and forgets the fingerprint of the base it had)
     log.info("loaded %d tensors from %s", len(sd), uri)
 
 
@@ -180,13 +182,20 @@ def load_sam_checkpoint(model: SamAdapter, uri: str, assign: bool = False) -> No
     ``assign``: the model's base lives on the ``meta`` device (``build_from_config(...,
     base_on_meta=True)``) and takes the file's tensors themselves, memory-mapped where the
     file allows, instead of copying them into initialised ones.
+
+    A checkpoint made for another input size (SAM's are 1024) loads onto a model of this
+    size: its position tables are resampled (``resize.py``).
     """
-    sd, prompt_keys = _sam_state(model, _mapped_state_dict(uri) if assign else load_state_dict(uri), uri)
-    _load_exact(model, sd, prompt_keys, uri, assign=assign)
+    sd, prompt_keys, resized = _sam_state(model, _mapped_state_dict(uri) if assign else load_state_dict(uri), uri)
+    _load_exact(model, sd, prompt_keys, uri, assign=assign, native_tables=resized)
+    if resized:
+        log.info("%s: %s", uri, describe_resize(resized, {k: tuple(v.shape) for k, v in sd.items()},
+                                                model.config.get("patch_size", 16)))
 
 
 def _sam_state(model: SamAdapter, sd: Dict[str, torch.Tensor], uri: str):
-    """(the file's tensors to load, the keys left to the adapter) after every check."""
+    """(the file's tensors to load, the keys left to the adapter, the file's own position
+    tables where they were resampled to the model's input size) after every check."""
     sd = dict(sd)
     for key in _IGNORED_SAM_KEYS:
         sd.pop(key, None)
@@ -197,8 +206,9 @@ def _sam_state(model: SamAdapter, sd: Dict[str, torch.Tensor], uri: str):
             f"{uri}: holds prompt-generator tensors ({stray[0]!r}); it is not an official SAM checkpoint. "
             "Use adapter_checkpoint= for adapter files or reference_checkpoint= for the reference implementation's"
         )
+    sd, resized = resize_position_tables(sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     _check_keys(model, sd, uri, allowed_missing=prompt_keys)
-    return sd, prompt_keys
+    return sd, prompt_keys, resized
 
 
 def check_sam_checkpoint(model: SamAdapter, uri: str, path: str) -> None:
@@ -284,7 +294,7 @@ def load_adapter(model: SamAdapter, uri: str) -> Dict[str, str]:
         saved_cfg = ArchConfig.from_dict(saved_cfg).to_dict()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{uri}: its architecture config cannot be read ({exc})") from None
-    ignore = {"name", "init_seed", "knowledge"}
+    ignore = {"name", "init_seed", "knowledge", "img_size"}  # another input size: a warning below
     diffs = [
         f"{k}={saved_cfg.get(k)!r} (model has {model.config.get(k)!r})"
         for k in sorted(set(saved_cfg) | set(model.config))
@@ -307,6 +317,10 @@ def load_adapter(model: SamAdapter, uri: str) -> Dict[str, str]:
             f"base has {have}. Load the same SAM checkpoint that was used in training "
             "(sam_checkpoint= / --sam-checkpoint), or none if it was trained from the random base"
         )
+    if saved_cfg.get("img_size") != model.config.get("img_size"):
+        log.warning("%s: adapter trained at input size %s, running at %s (position tables resampled); "
+                    "check its accuracy at this size before relying on it", uri, saved_cfg.get("img_size"),
+                    model.config.get("img_size"))
     own = model.adapter_state_dict()
     if set(tensors) != set(own):
         odd = sorted(set(tensors) ^ set(own))

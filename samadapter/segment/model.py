@@ -15,10 +15,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def model_fingerprint(adapter_bytes: bytes, threshold: float, resize_mode: str) -> str:
-    """Identifies the outputs: adapter (which names its base weights) + output settings."""
+def model_fingerprint(adapter_bytes: bytes, threshold: float, resize_mode: str, img_size: Optional[int] = None) -> str:
+    """Identifies the outputs: adapter (which names its base weights) + output settings
+    (``img_size``: an input size other than the adapter's own; None keeps the fingerprints
+    of runs at the trained size as they were)."""
     h = hashlib.sha256(adapter_bytes)
-    h.update(json.dumps({"threshold": threshold, "resize_mode": resize_mode}, sort_keys=True).encode())
+    settings = {"threshold": threshold, "resize_mode": resize_mode}
+    if img_size:
+        settings["img_size"] = int(img_size)
+    h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -45,7 +50,7 @@ class Segmenter:
     """
 
     def __init__(self, adapter_uri: str, arch: str, sam_checkpoint: Optional[str], bf16: Optional[bool],
-                 attention: str = "auto", compile: bool = False, device: str = "auto"):
+                 attention: str = "auto", compile: bool = False, device: str = "auto", img_size: Optional[int] = None):
         import ray
         import torch
 
@@ -62,7 +67,7 @@ class Segmenter:
             self.device = torch.device("cuda")
         from ..modeling import build_from_adapter
 
-        self.model = build_from_adapter(adapter_uri, sam_checkpoint, attention).to(self.device)
+        self.model = build_from_adapter(adapter_uri, sam_checkpoint, attention, img_size).to(self.device)
         self.forward = torch.compile(self.model.low_res_logits) if compile else self.model.low_res_logits
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bool(bf16)
         self.actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"

@@ -12,6 +12,7 @@ inputs. Layout of the outputs: ``layout.py``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -106,6 +107,9 @@ class SegmentConfig:
                                              "redoes at most this much work)", MODEL)
     threshold: float = _opt(0.5, "probability threshold of the masks", MODEL)
     resize_mode: str = _opt("squash", "how images are fitted to the model input (as trained)", MODEL, choices=RESIZE_MODES)
+    img_size: Optional[int] = _opt(None, "model input side (default: the adapter's). SAM's 1024 weights also run at 512 "
+                                         "or 768 (position tables resampled; the encoder does ~1/4 of its work at 512)",
+                                   MODEL)
     bf16: Optional[bool] = _opt(None, "bf16 autocast in the actors (default: on with CUDA)", MODEL)
     attention: str = _opt("auto", "encoder attention path (auto: fast for SAM's 14-token windows, original for tiny)",
                           MODEL, choices=ATTENTION_IMPLS)
@@ -207,8 +211,12 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
     # builds no model: it needs only the adapter (the fingerprint).
     from ..modeling.build import check_checkpoints
 
-    arch = check_checkpoints(adapter_uri, None if cfg.dry_run else cfg.sam_checkpoint)
-    fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode)
+    from ..modeling.weights import read_safetensors_metadata
+
+    arch = check_checkpoints(adapter_uri, None if cfg.dry_run else cfg.sam_checkpoint, cfg.img_size)
+    trained_size = json.loads(read_safetensors_metadata(adapter_bytes)["config"])["img_size"]
+    img_size = cfg.img_size if cfg.img_size and cfg.img_size != trained_size else None  # None: as trained
+    fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode, img_size)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
     connect()
@@ -301,7 +309,8 @@ def _run_pipeline(cfg, night, actors, initial_actors, adapter_uri, arch_name, im
     ds = ds.map_batches(
         model.Segmenter,
         fn_constructor_kwargs={"adapter_uri": adapter_uri, "arch": arch_name, "sam_checkpoint": cfg.sam_checkpoint, "bf16": cfg.bf16,
-                               "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device},
+                               "attention": cfg.attention, "compile": cfg.compile, "device": cfg.device,
+                               "img_size": img_size},
         compute=ray.data.ActorPoolStrategy(min_size=actors.min_actors, max_size=actors.max_actors, initial_size=initial_actors),
         num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor, accelerator_type=actors.accelerator_type,
         batch_size=cfg.batch_size, batch_format="numpy",
