@@ -224,3 +224,15 @@ def test_knowledge_from_the_recipe_and_the_command_line():
 
     with pytest.raises(ConfigError, match="unknown knowledge source"):
         TrainConfig().with_overrides(["model.overrides.knowledge=fft+nope"])
+
+
+@pytest.mark.parametrize("freq_ratio", [0.25, 0.0])
+def test_the_exported_frequency_band_equals_the_fft(freq_ratio):
+    """Under ONNX export the band is computed by matrix products (no complex numbers):
+    the same images as the FFT path, high and low pass, on a non-square image."""
+    from samadapter.modeling.knowledge import _frequency_band_by_products, high_pass_filter, low_pass_filter
+
+    x = torch.randn(2, 3, 48, 64)
+    half = int((48 * 64 * freq_ratio) ** 0.5 // 2)
+    assert torch.allclose(_frequency_band_by_products(x, half, False), high_pass_filter(x, freq_ratio), atol=1e-4)
+    assert torch.allclose(_frequency_band_by_products(x, half, True), low_pass_filter(x, freq_ratio), atol=1e-4)

@@ -78,6 +78,8 @@ def _frequency_band(images: torch.Tensor, freq_ratio: float, keep_square: bool) 
     x = images.float()
     h, w = x.shape[-2:]
     half = int((h * w * freq_ratio) ** 0.5 // 2)
+    if torch.onnx.is_in_onnx_export():
+        return _frequency_band_by_products(x, half, keep_square).to(dtype)
     spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
     if half > 0 or keep_square:
         keep = torch.full((h, w), 0.0 if keep_square else 1.0, dtype=x.dtype, device=x.device)
@@ -85,6 +87,30 @@ def _frequency_band(images: torch.Tensor, freq_ratio: float, keep_square: bool) 
         spectrum = spectrum * keep
     out = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.abs()
     return out.to(dtype)
+
+
+def _band_operator(n: int, half: int):
+    """(real, imaginary) parts of the n x n matrix P = F^-1 diag(a) F, F the DFT and a the
+    centred band of 2 * half frequencies (in fftshift's order), as float32 tensors (computed
+    in float64 with numpy: constants of an exported graph, not traced FFTs)."""
+    import numpy as np
+
+    band = np.zeros(n)
+    band[n // 2 - half : n // 2 + half] = 1.0
+    p = np.fft.ifft(np.fft.ifftshift(band)[:, None] * np.fft.fft(np.eye(n), axis=0), axis=0)
+    return torch.from_numpy(p.real.astype(np.float32)), torch.from_numpy(p.imag.astype(np.float32))
+
+
+def _frequency_band_by_products(x: torch.Tensor, half: int, keep_square: bool) -> torch.Tensor:
+    """``_frequency_band`` without complex numbers, for ONNX export: the square band of the
+    2-D spectrum is the product of a band along each axis, so the band-limited image is
+    P_h X P_w^T, whose real part is Re P_h X Re P_w^T - Im P_h X Im P_w^T (X real); the
+    high-pass image is X minus it. Equal to the FFT path within float32 rounding."""
+    h, w = x.shape[-2:]
+    rh, ih = _band_operator(h, half)
+    rw, iw = _band_operator(w, half)
+    low = torch.matmul(torch.matmul(rh, x), rw.t()) - torch.matmul(torch.matmul(ih, x), iw.t())
+    return (low if keep_square else x - low).abs()
 
 
 class ImageSource(nn.Conv2d):
