@@ -27,7 +27,7 @@ def _segment_job():
 
 
 def _jobs():
-    from samadapter.jobs import evaluate, nightly, preflight, prepare_data, segment, sweep, train
+    from samadapter.jobs import evaluate, export, nightly, preflight, prepare_data, segment, sweep, train
     from samadapter.nightly import NightlyConfig
     from samadapter.train.config import TrainConfig
     from samadapter.train.sweep import SweepSpec
@@ -35,7 +35,7 @@ def _jobs():
     return [(train, TrainConfig, ()), (sweep, TrainConfig, ()), (sweep, SweepSpec, ("recipe", "set", "grid")),
             (segment, SegmentConfig, ()), (nightly, NightlyConfig, ("entrypoint",)),
             (evaluate, evaluate.EvaluateConfig, ()), (prepare_data, prepare_data.PrepareConfig, ()),
-            (preflight, preflight.PreflightConfig, ())]
+            (preflight, preflight.PreflightConfig, ()), (export, export.ExportConfig, ())]
 
 
 def _leaf_keys(cls, prefix=""):
@@ -140,8 +140,8 @@ def test_yaml_values_of_the_wrong_type_and_retired_keys(tmp_path):
 def test_help_is_quick_grouped_and_imports_nothing_heavy():
     """--help builds every job's parser without torch, Ray or sklearn (each seconds to import)."""
     code = ("import sys, contextlib, io\n"
-            "from samadapter.jobs import evaluate, nightly, preflight, prepare_data, segment, sweep, train\n"
-            "for job in (evaluate, nightly, preflight, prepare_data, segment, sweep, train):\n"
+            "from samadapter.jobs import evaluate, export, nightly, preflight, prepare_data, segment, sweep, train\n"
+            "for job in (evaluate, export, nightly, preflight, prepare_data, segment, sweep, train):\n"
             "    job.build_parser().format_help()\n"
             "print(sorted(m for m in ('torch', 'ray', 'sklearn', 'py_sod_metrics') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
