@@ -9,6 +9,11 @@ metric that picks the best checkpoint:
 | shadow     | balanced_bce  | BER, shadow / non-shadow error, BER image mean | BER, min        |
 | polyp      | dice_bce      | Dice, IoU (per-image means), MAE               | Dice, max       |
 | generic    | bce_iou       | Dice, IoU, MAE                                 | IoU, max        |
+| multiclass | ce_dice       | mIoU, IoU per class, pixel accuracy            | mIoU, max       |
+
+Every task but ``multiclass`` is one foreground mask (``num_classes`` 1); ``multiclass`` is
+C >= 2 classes with the background as class 0 (``model.overrides.num_classes``, default the
+dataset's class count).
 
 Torch-free: the segment job's driver and evaluation read it.
 """
@@ -19,12 +24,13 @@ from dataclasses import dataclass
 import logging
 from typing import Callable, Dict, Optional, Tuple
 
-from .metrics import BERMetrics, CODMetrics, OverlapMetrics
+from .metrics import BERMetrics, CODMetrics, MulticlassMetrics, OverlapMetrics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK = "camouflage"
-LOSSES = ("bce_iou", "balanced_bce", "dice_bce")
+LOSSES = ("bce_iou", "balanced_bce", "dice_bce", "ce_dice")
+MULTICLASS = "multiclass"
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ TASKS: Dict[str, Task] = {
     "shadow": Task("shadow", "balanced_bce", BERMetrics, "ber", False, "shadow"),
     "polyp": Task("polyp", "dice_bce", OverlapMetrics, "dice", True, "polyp"),
     "generic": Task("generic", "bce_iou", OverlapMetrics, "iou", True, "camouflage"),
+    MULTICLASS: Task(MULTICLASS, "ce_dice", MulticlassMetrics, "miou", True, MULTICLASS),
 }
 
 

@@ -63,3 +63,9 @@ def test_export_errors_name_the_file(tmp_path, capsys):
     assert "nope.safetensors" in capsys.readouterr().err
     assert main(["--checkpoint", "x", "--output", "s3://bucket/m.onnx"]) == 2
     assert "a local path" in capsys.readouterr().err
+
+
+def test_export_of_a_three_class_adapter(tmp_path, capsys):
+    adapter, path = _adapter(tmp_path, num_classes=3), str(tmp_path / "classes.onnx")
+    assert main(["--checkpoint", adapter, "--output", path]) == 0
+    assert "ok; output (3, 3, 64, 64)" in capsys.readouterr().out

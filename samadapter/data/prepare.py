@@ -12,12 +12,12 @@ from tqdm import tqdm
 
 from .records import DEFAULT_SHARD_MB, DatasetWriter, Sample
 from .sources import Candidate, SourceListing
-from .transforms import DEFAULT_MAX_PIXELS, decode_sample, encode_mask_png
+from .transforms import DEFAULT_MAX_PIXELS, decode_sample, encode_label_png, encode_mask_png
 
 log = logging.getLogger(__name__)
 
 
-def _validate(candidate: Candidate, max_pixels: int):
+def _validate(candidate: Candidate, max_pixels: int, num_classes: int = 1):
     """(Sample, None) for a good candidate, (None, (status, reason)) for a bad one."""
     try:
         image, mask = candidate.load()
@@ -25,14 +25,14 @@ def _validate(candidate: Candidate, max_pixels: int):
         return None, ("missing_file", str(exc))
     except OSError as exc:
         return None, ("read_error", f"{type(exc).__name__}: {exc}")
-    decoded = decode_sample(image, mask, require_mask=True, max_pixels=max_pixels)
+    decoded = decode_sample(image, mask, require_mask=True, max_pixels=max_pixels, num_classes=num_classes)
     if not decoded.ok:
         return None, (decoded.status, decoded.reason)
     h, w = decoded.image.shape[:2]
     return Sample(
         image_id=candidate.image_id,
         image=image,  # the original encoded bytes
-        mask=encode_mask_png(decoded.mask),
+        mask=encode_label_png(decoded.mask) if num_classes > 1 else encode_mask_png(decoded.mask),
         height=h,
         width=w,
         split=candidate.split,
@@ -61,7 +61,8 @@ def prepare_dataset(
     seen = set()
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     with writer, ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda c: (c, _validate(c, max_pixels)), listing.candidates)
+        num_classes = len(listing.classes) if listing.classes else 1
+        results = pool.map(lambda c: (c, _validate(c, max_pixels, num_classes)), listing.candidates)
         for candidate, (sample, bad) in tqdm(
             results, total=len(listing.candidates), desc="prepare", unit="img", disable=not progress
         ):
@@ -77,6 +78,8 @@ def prepare_dataset(
         writer.extra["description"] = listing.description
         if listing.task:
             writer.extra["task"] = listing.task
+        if listing.classes:
+            writer.extra["classes"] = list(listing.classes)
         writer.extra["skipped"] = len(skipped)
     return {
         "output": output,

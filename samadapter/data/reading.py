@@ -62,6 +62,7 @@ def decode_records(
     with_masks: bool = True,
     flip_rng: Optional[np.random.Generator] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_classes: int = 1,
 ) -> Dict[str, np.ndarray]:
     """Decode a batch of records into model inputs; bad rows are dropped and reported.
 
@@ -71,6 +72,7 @@ def decode_records(
         resize_mode: ``squash`` (the paper) or ``pad``.
         with_masks: decode and return the masks (training / evaluation).
         flip_rng: when given, each row is flipped horizontally with probability 0.5.
+        num_classes: 1, binary masks; C > 1, masks of class indices (resized by nearest neighbour).
 
     Returns:
         ``image_id`` (N,), ``images`` N x S x S x 3 uint8 (normalised on the device by
@@ -85,14 +87,16 @@ def decode_records(
     mask_col = batch.get("mask") if with_masks else None
     for i, image_id in enumerate(batch["image_id"]):
         mask_bytes = mask_col[i] if mask_col is not None else None
-        decoded = decode_sample(image_col[i], mask_bytes, require_mask=with_masks, max_pixels=max_pixels)
+        decoded = decode_sample(image_col[i], mask_bytes, require_mask=with_masks, max_pixels=max_pixels,
+                                num_classes=num_classes)
         if not decoded.ok:
             bad_id.append(str(image_id))
             bad_status.append(decoded.status)
             bad_reason.append(decoded.reason)
             continue
         flip = bool(flip_rng is not None and flip_rng.random() < 0.5)
-        x, y, vs = prepare_uint8(decoded.image, img_size, resize_mode, decoded.mask if with_masks else None, flip)
+        x, y, vs = prepare_uint8(decoded.image, img_size, resize_mode, decoded.mask if with_masks else None, flip,
+                                 num_classes)
         ids.append(str(image_id))
         images.append(x)
         if with_masks:
@@ -117,7 +121,8 @@ def decode_records(
     return out
 
 
-def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, hflip: bool) -> Dict[str, np.ndarray]:
+def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, hflip: bool,
+                        num_classes: int = 1) -> Dict[str, np.ndarray]:
     """Ray Data ``map_batches`` stage of training: encoded rows -> images + masks at the
     model size, randomly flipped when ``hflip``.
 
@@ -131,6 +136,7 @@ def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode
         resize_mode=resize_mode,
         with_masks=True,
         flip_rng=np.random.default_rng() if hflip else None,
+        num_classes=num_classes,
     )
     for bid, status, reason in zip(out["bad_id"], out["bad_status"], out["bad_reason"]):
         log.warning("skipping %s: %s (%s)", bid, status, reason)
@@ -138,12 +144,13 @@ def decode_for_training(batch: Dict[str, np.ndarray], img_size: int, resize_mode
 
 
 def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str,
-                          thumb_height: int = 0) -> Dict[str, np.ndarray]:
+                          thumb_height: int = 0, num_classes: int = 1) -> Dict[str, np.ndarray]:
     """Decode a split's rows for scoring (training's validation, ``jobs/evaluate.py``): one
     output row per input row.
 
     ``images`` N x S x S x 3 uint8 model inputs, the ground truth at its original size as
-    packed bits (``gt_bits``, ``gt_h``, ``gt_w``: H*W/8 bytes, not H*W), ``valid_h``/``valid_w``
+    packed bits (``gt_bits``, ``gt_h``, ``gt_w``: H*W/8 bytes, not H*W; with ``num_classes`` > 1
+    the class indices, a byte a pixel), ``valid_h``/``valid_w``
     for ``pad`` mode, and ``ok``: rows that failed to decode stay (zero image, ``ok`` False,
     ``status``/``reason`` saying why) so that scoring counts them once instead of losing them.
     ``thumb_height`` > 0 adds ``thumb``: the image at that height (evaluation's examples).
@@ -155,14 +162,14 @@ def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mo
     status, reason, thumbs = ["ok"] * n, [""] * n, [None] * n
     gt_h, gt_w, valid_h, valid_w = (np.zeros(n, np.int32) for _ in range(4))
     for i in range(n):
-        decoded = decode_sample(batch["image"][i], batch["mask"][i], require_mask=True)
+        decoded = decode_sample(batch["image"][i], batch["mask"][i], require_mask=True, num_classes=num_classes)
         if not decoded.ok:
             log.warning("row %s: %s (%s)", batch["image_id"][i], decoded.status, decoded.reason)
             status[i], reason[i] = decoded.status, decoded.reason
             continue
         images[i], _, (valid_h[i], valid_w[i]) = prepare_uint8(decoded.image, img_size, resize_mode)
         gt_h[i], gt_w[i] = decoded.mask.shape
-        gt_bits[i] = np.packbits(decoded.mask.astype(bool)).tobytes()
+        gt_bits[i] = decoded.mask.tobytes() if num_classes > 1 else np.packbits(decoded.mask.astype(bool)).tobytes()
         if thumb_height:
             thumbs[i] = thumbnail(decoded.image, thumb_height)
         ok[i] = True
@@ -175,7 +182,10 @@ def decode_for_validation(batch: Dict[str, np.ndarray], img_size: int, resize_mo
     return out
 
 
-def unpack_ground_truth(bits: bytes, height: int, width: int) -> np.ndarray:
-    """``decode_for_validation``'s packed ground truth -> H x W uint8 in {0, 1}."""
+def unpack_ground_truth(bits: bytes, height: int, width: int, num_classes: int = 1) -> np.ndarray:
+    """``decode_for_validation``'s packed ground truth -> H x W uint8 in {0, 1} (or the class
+    indices with ``num_classes`` > 1)."""
+    if num_classes > 1:
+        return np.frombuffer(bits, np.uint8).reshape(height, width)
     return np.unpackbits(np.frombuffer(bits, np.uint8), count=height * width).reshape(height, width)
 

@@ -39,6 +39,7 @@ class SourceListing:
     candidates: List[Candidate] = field(default_factory=list)
     skipped: List[Tuple[str, str, str]] = field(default_factory=list)  # (what, status, reason)
     task: Optional[str] = None  # what the dataset is for (samadapter/tasks.py); written to _dataset.json
+    classes: Optional[List[str]] = None  # several classes: their names, class i = value i of the index masks
 
 
 def _stem(path: str) -> str:
@@ -179,11 +180,30 @@ def paired_listing(images_uri: str, masks_uri: str, split: str, source: str = "p
     return listing
 
 
+def indexed_listing(images_uri: str, masks_uri: str, split: str, classes_uri: str) -> SourceListing:
+    """Images and index masks (PNG, mode P or L: the pixel's value is its class), matched by
+    file stem, with the class names in ``classes_uri`` (a text file, one name a line: line i
+    names class i, line 0 the background). A mask with a value past the last class is skipped."""
+    from .. import storage
+
+    try:
+        names = [line.strip() for line in storage.read_bytes(classes_uri).decode().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise ValueError(f"--classes {classes_uri}: no such file (one class name a line, the background first)") from None
+    if len(names) < 2:
+        raise ValueError(f"--classes {classes_uri}: {len(names)} class name(s); several classes means at least 2 "
+                         "(the background first)")
+    listing = paired_listing(images_uri, masks_uri, split, source="indexed")
+    listing.description = f"indexed masks {masks_uri} + images {images_uri} -> split {split!r}, {len(names)} classes"
+    listing.task, listing.classes = "multiclass", names
+    return listing
+
+
 def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int = 0, kind: str = "camouflage") -> SourceListing:
     """Synthetic scenes of ``kind`` (camouflage, shadow, polyp; generated lazily,
     deterministic from the seed)."""
-    from .synthetic import SCENES, encode_jpeg
-    from .transforms import encode_mask_png
+    from .synthetic import SCENE_CLASSES, SCENES, encode_jpeg
+    from .transforms import encode_label_png, encode_mask_png
 
     if kind not in SCENES:
         raise ValueError(f"unknown synthetic scene kind {kind!r}; choose one of {sorted(SCENES)}")
@@ -195,14 +215,15 @@ def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int 
     if size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {size}")
     listing = SourceListing(f"synthetic {kind} scenes ({num_train} train, {num_test} test, {size}px, seed {seed})",
-                            task=kind)
+                            task=kind, classes=list(SCENE_CLASSES[kind]) if kind in SCENE_CLASSES else None)
+    encode = encode_label_png if listing.classes else encode_mask_png
     # Test scenes use indices after the training ones: no scene is in both splits.
     for split, start, count in (("train", 0, num_train), ("test", num_train, num_test)):
         for i in range(start, start + count):
 
             def load(i=i):
                 image, mask = make_scene(seed, i, size)
-                return encode_jpeg(image), encode_mask_png(mask)
+                return encode_jpeg(image), encode(mask)
 
             listing.candidates.append(Candidate(f"{prefix}-{seed}-{i:06d}", split, prefix, load))
     return listing

@@ -1,8 +1,8 @@
 """Synthetic scenes: the embedded default datasets and the data of the tests.
 
-Three kinds (``SCENES``): ``camouflage`` (below), ``shadow`` (a textured surface darkened
-under soft-edged cast shadows) and ``polyp`` (pinkish mucosa with one or two raised, redder,
-glossy blobs).
+Four kinds (``SCENES``): ``camouflage`` (below), ``shadow`` (a textured surface darkened
+under soft-edged cast shadows), ``polyp`` (pinkish mucosa with one or two raised, redder,
+glossy blobs) and ``multiclass`` (warm and cool objects on a surface: three classes).
 
 Each scene is a textured background with one or more objects drawn from the *same*
 colour palette and the same intensity distribution as the background, so that global
@@ -155,7 +155,32 @@ def make_polyp_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
 
 
-SCENES = {"camouflage": make_scene, "shadow": make_shadow_scene, "polyp": make_polyp_scene}
+def make_multiclass_scene(seed: int, index: int, size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """A textured surface with two to four objects of two classes: class 1 warm (reddish) and
+    class 2 cool (bluish) blobs, each with the surface's texture under its tint; the mask
+    holds class indices (0 the background; a later object covers an earlier one)."""
+    rng = np.random.default_rng([seed, index, 3])
+    h = w = size
+    base = rng.uniform(90, 170, size=3)
+    t = _texture(rng, h, w, rng.uniform(6.0, 14.0) * size / 256, rng.uniform(0, np.pi))
+    img = base[None, None, :] * (0.8 + 0.4 * t[..., None])
+    labels = np.zeros((h, w), dtype=np.uint8)
+    tints = {1: np.array([1.45, 0.8, 0.7], dtype=np.float32), 2: np.array([0.7, 0.85, 1.45], dtype=np.float32)}
+    for k in range(int(rng.integers(2, 5))):
+        cls = 1 + (k + int(rng.integers(0, 2))) % 2
+        shape = _blob(rng, h, w)
+        soft = np.asarray(Image.fromarray((shape * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(radius=1.5 * size / 256)), dtype=np.float32)[..., None] / 255.0
+        img = img * (1 - soft) + img * tints[cls] * soft
+        labels[shape] = cls
+    img += rng.normal(0, 4.0, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+SCENES = {"camouflage": make_scene, "shadow": make_shadow_scene, "polyp": make_polyp_scene,
+          "multiclass": make_multiclass_scene}
+# The class names of the kinds whose masks hold class indices (the others are one foreground mask).
+SCENE_CLASSES = {"multiclass": ("background", "warm object", "cool object")}
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

@@ -27,7 +27,9 @@ TRUNCATED = "truncated"
 TOO_MANY_PIXELS = "too_many_pixels"
 MISSING_MASK = "missing_mask"
 MASK_SIZE_MISMATCH = "mask_size_mismatch"
-STATUSES = (OK, ZERO_BYTES, NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_MANY_PIXELS, MISSING_MASK, MASK_SIZE_MISMATCH)
+BAD_LABELS = "bad_labels"  # a class mask that is not single-channel, or has values >= the class count
+STATUSES = (OK, ZERO_BYTES, NOT_AN_IMAGE, CORRUPT, TRUNCATED, TOO_MANY_PIXELS, MISSING_MASK, MASK_SIZE_MISMATCH,
+            BAD_LABELS)
 
 RESIZE_MODES = ("squash", "pad")
 
@@ -39,7 +41,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 @dataclass
 class Decoded:
     """Result of decoding one sample. ``image``: H x W x 3 uint8 RGB; ``mask``: H x W
-    uint8 in {0, 1}; both ``None`` unless ``status == 'ok'``."""
+    uint8 in {0, 1} (one class) or class indices < C (C classes); both ``None`` unless
+    ``status == 'ok'``."""
 
     status: str
     reason: str = ""
@@ -143,6 +146,39 @@ def mask_to_binary(im: Image.Image) -> np.ndarray:
     return (gray > 127).astype(np.uint8)
 
 
+def mask_to_labels(im: Image.Image, num_classes: int) -> Tuple[Optional[np.ndarray], str]:
+    """A class mask (an index PNG: mode P, or L with the class as the grey value) -> (H x W
+    uint8 class indices, "") or (None, why not)."""
+    if im.mode not in ("P", "L", "1") and not im.mode.startswith("I"):
+        return None, f"a class mask is a single-channel index image (mode P or L), not mode {im.mode}"
+    labels = np.asarray(im)
+    top = int(labels.max(initial=0))
+    if top >= num_classes or labels.min(initial=0) < 0:
+        return None, f"class {top} in the mask, but there are {num_classes} classes (0..{num_classes - 1})"
+    return labels.astype(np.uint8), ""
+
+
+# Class colours of index masks, outputs and pictures (class 0, the background, black).
+PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """num_classes x 3 uint8 colours: ``PALETTE``, then a deterministic spread beyond it."""
+    extra = [tuple(int(v) for v in np.random.default_rng(c).integers(40, 256, 3)) for c in range(len(PALETTE), num_classes)]
+    return np.asarray((PALETTE + extra)[:num_classes], dtype=np.uint8)
+
+
+def encode_label_png(labels: np.ndarray) -> bytes:
+    """H x W class indices (< 256) -> an 8-bit indexed PNG with the class palette: read back as
+    the indices (``np.asarray(Image.open(...))``), shown in the classes' colours."""
+    im = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
+    im.putpalette(class_colours(256).ravel().tolist())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def decode_image(data: Optional[bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
                  draft_size: Optional[Tuple[int, str]] = None) -> Decoded:
     """Encoded bytes -> upright RGB array, or a status saying why not.
@@ -169,8 +205,10 @@ def decode_sample(
     *,
     require_mask: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    num_classes: int = 1,
 ) -> Decoded:
-    """Decode an image and (optionally) its mask; never raises for bad data."""
+    """Decode an image and (optionally) its mask: binary (``num_classes`` 1, foreground where
+    > 127) or class indices (``mask_to_labels``); never raises for bad data."""
     result = decode_image(image_bytes, max_pixels)
     if not result.ok:
         return result
@@ -181,7 +219,12 @@ def decode_sample(
     im, status, reason, _ = _open(mask_bytes, max_pixels)
     if im is None:
         return Decoded(status, "mask: " + reason)
-    mask = mask_to_binary(im)
+    if num_classes > 1:
+        mask, why = mask_to_labels(im, num_classes)
+        if mask is None:
+            return Decoded(BAD_LABELS, "mask: " + why)
+    else:
+        mask = mask_to_binary(im)
     if mask.shape != result.image.shape[:2]:
         return Decoded(
             MASK_SIZE_MISMATCH,
@@ -240,10 +283,15 @@ def resize_for_model(image: np.ndarray, size: int, mode: str = "squash") -> np.n
     return canvas
 
 
-def resize_mask(mask: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
-    """H x W {0,1} -> size x size {0,1} (bilinear then > 0.5; padding is background)."""
+def resize_mask(mask: np.ndarray, size: int, mode: str = "squash", num_classes: int = 1) -> np.ndarray:
+    """H x W {0,1} -> size x size {0,1} (bilinear then > 0.5; padding is background); class
+    indices (``num_classes`` > 1) by nearest neighbour."""
     h, w = mask.shape
     rh, rw = resized_size(h, w, size, mode)
+    if num_classes > 1:
+        out = np.zeros((size, size), dtype=np.uint8)
+        out[:rh, :rw] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((rw, rh), Image.NEAREST))
+        return out
     soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((rw, rh), Image.BILINEAR))
     out = np.zeros((size, size), dtype=np.uint8)
     out[:rh, :rw] = soft > 127
@@ -289,6 +337,25 @@ def low_res_probs(logits: np.ndarray, original_size: Tuple[int, int], input_size
     return Image.fromarray(p).resize((w, h), Image.BILINEAR, box=_low_res_box(x.shape[-1], input_size, valid_size))
 
 
+def low_res_labels(logits: np.ndarray, original_size: Tuple[int, int], input_size: int,
+                   valid_size: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """C x s x s low-resolution class logits -> H x W class indices at the original size (an
+    8-bit indexed image with the class palette): each class's logits resized like
+    ``low_res_mask`` (bilinear, the valid area as the source box), then the argmax."""
+    x = np.asarray(logits, dtype=np.float32)
+    h, w = int(original_size[0]), int(original_size[1])
+    box = _low_res_box(x.shape[-1], input_size, valid_size)
+    best = np.full((h, w), -np.inf, dtype=np.float32)
+    labels = np.zeros((h, w), dtype=np.uint8)
+    for c in range(x.shape[0]):  # one class at a time: two H x W float planes, not C
+        plane = np.asarray(Image.fromarray(x[c], mode="F").resize((w, h), Image.BILINEAR, box=box))
+        better = plane > best
+        labels[better], best = c, np.where(better, plane, best)
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette(class_colours(256).ravel().tolist())
+    return im
+
+
 def encode_png(image: Image.Image) -> bytes:
     """A Pillow image -> PNG bytes (a mode "1" mask: 1 bit per pixel; read as "L" it is 0/255)."""
     buf = io.BytesIO()
@@ -316,6 +383,7 @@ def prepare_uint8(
     mode: str = "squash",
     mask: Optional[np.ndarray] = None,
     flip: bool = False,
+    num_classes: int = 1,
 ):
     """One decoded sample -> uint8 model input (and target), as Ray Data stages ship them:
     normalisation happens on the device (``samadapter.ops.to_model_input``).
@@ -329,7 +397,7 @@ def prepare_uint8(
         else:
             image, mask = hflip(image, mask)
     x = resize_image(image, size, mode)
-    y = None if mask is None else resize_mask(mask, size, mode)
+    y = None if mask is None else resize_mask(mask, size, mode, num_classes)
     return x, y, resized_size(image.shape[0], image.shape[1], size, mode)
 
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from .. import storage
 from ..data.reading import iter_records
-from ..data.transforms import decode_sample, thumbnail
+from ..data.transforms import class_colours, decode_sample, thumbnail
 from ..metrics import format_table
 from ..segment.layout import output_key
-from ..data.records import dataset_task
+from ..data.records import dataset_task, read_dataset_info
 from ..tasks import get_task, resolve_task
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,21 @@ def _rows(dataset: str, split: str, batch_size: int = 16):
 THUMB_HEIGHT = 160
 
 
+def _picture(values: np.ndarray, classes: bool) -> np.ndarray:
+    """A thumbnail of a mask or probability map (grey), or of class indices (the classes' colours)."""
+    if classes:
+        return thumbnail(class_colours(int(values.max()) + 1)[values], THUMB_HEIGHT)
+    return thumbnail((values * 255).round().astype(np.uint8), THUMB_HEIGHT, "L")
+
+
 def _score(metrics, per_image, examples, image_id, image_thumb, gt, prob, keep: bool) -> None:
+    """``prob``: a probability map, or class indices (several classes; ``gt`` too)."""
     metrics.add(prob, gt)
     score = metrics.scores[-1][metrics.image_key]
     per_image.append((image_id, score if metrics.image_higher_is_better else -score))  # higher is better
     if keep:  # thumbnails only: a test split at full resolution would not fit in memory
-        examples[image_id] = np.concatenate(
-            [image_thumb, thumbnail((gt * 255).astype(np.uint8), THUMB_HEIGHT, "L"),
-             thumbnail((prob * 255).round().astype(np.uint8), THUMB_HEIGHT, "L")],
-            axis=1,
-        )
+        classes = prob.dtype == np.uint8
+        examples[image_id] = np.concatenate([image_thumb, _picture(gt, classes), _picture(prob, classes)], axis=1)
 
 
 def evaluate_checkpoint(
@@ -92,13 +97,16 @@ def evaluate_checkpoint(
     return Evaluation(metrics.results(), per_image, skipped, examples, task)
 
 
-def _read_prediction(predictions: str, image_id: str) -> Tuple[Optional[np.ndarray], str]:
-    """Probability map in [0, 1] from probs/ (preferred) or masks/ of a segmentation output."""
-    for kind in ("probs", "masks"):
+def _read_prediction(predictions: str, image_id: str, classes: bool = False) -> Tuple[Optional[np.ndarray], str]:
+    """Probability map in [0, 1] from probs/ (preferred) or masks/ of a segmentation output;
+    with ``classes``, the class indices of its indexed masks/."""
+    for kind in ("masks",) if classes else ("probs", "masks"):
         try:
             data = storage.read_bytes(storage.join(predictions, output_key(kind, image_id)))
         except FileNotFoundError:
             continue
+        if classes:
+            return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8), ""
         return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32) / 255.0, ""
     return None, "no prediction"
 
@@ -108,13 +116,14 @@ def evaluate_predictions(dataset: str, split: str, predictions: str, keep_exampl
     """Score a segmentation output against a split's ground truth with the metrics of ``task``
     (default: the dataset's task, else camouflage)."""
     task = resolve_task(task, dataset_task(dataset))
+    num_classes = len(read_dataset_info(dataset).get("classes") or [None])
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
     for image_id, image_bytes, mask_bytes in _rows(dataset, split):
-        d = decode_sample(image_bytes, mask_bytes, require_mask=True)
+        d = decode_sample(image_bytes, mask_bytes, require_mask=True, num_classes=num_classes)
         if not d.ok:
             skipped.append((image_id, f"{d.status}: {d.reason}"))
             continue
-        prob, why = _read_prediction(predictions, image_id)
+        prob, why = _read_prediction(predictions, image_id, num_classes > 1)
         if prob is None:
             skipped.append((image_id, why))
             continue

@@ -21,8 +21,10 @@ from ..ops import resize_logits, to_model_input
 @dataclass
 class Prediction:
     image_id: str
-    prob: Optional[np.ndarray]  # H x W float32 in [0, 1] at the ground truth's size; None: not decoded
-    gt: Optional[np.ndarray]  # H x W uint8 in {0, 1}
+    # at the ground truth's size: H x W float32 in [0, 1] (one class) or uint8 class indices
+    # (several: the argmax of the resized logits); None: not decoded
+    prob: Optional[np.ndarray]
+    gt: Optional[np.ndarray]  # H x W uint8 in {0, 1}, or class indices
     status: str  # "ok", or why the row could not be decoded (samadapter/data/transforms.py)
     reason: str
     thumb: Optional[np.ndarray] = None  # the image at a thumbnail's height, when the batches carry it
@@ -31,11 +33,13 @@ class Prediction:
 def predict_batches(model, batches: Iterable[Dict[str, np.ndarray]], resize_mode: str, bf16: bool) -> Iterator[Prediction]:
     """A :class:`Prediction` per row of ``decode_for_validation`` batches, in order: the
     model's logits at its input size, resized to the ground truth's original size (the
-    padding left out in ``pad`` mode), through a sigmoid. The model runs in eval mode under
+    padding left out in ``pad`` mode), through a sigmoid (one class) or an argmax over the
+    classes (several). The model runs in eval mode under
     ``inference_mode``; its mode is restored."""
     was_training = model.training
     model.eval()
     device = model.pixel_mean.device
+    classes = model.num_classes
     try:
         for batch in batches:
             ok = np.asarray(batch["ok"], bool)
@@ -50,10 +54,14 @@ def predict_batches(model, batches: Iterable[Dict[str, np.ndarray]], resize_mode
                 if not ok[j]:
                     yield Prediction(image_id, None, None, str(batch["status"][j]), str(batch["reason"][j]), thumb)
                     continue
-                gt = unpack_ground_truth(batch["gt_bits"][j], int(batch["gt_h"][j]), int(batch["gt_w"][j]))
+                gt = unpack_ground_truth(batch["gt_bits"][j], int(batch["gt_h"][j]), int(batch["gt_w"][j]), classes)
                 valid = (int(batch["valid_h"][j]), int(batch["valid_w"][j])) if resize_mode == "pad" else None
                 with torch.inference_mode():
-                    prob = torch.sigmoid(resize_logits(logits[k : k + 1], gt.shape, valid))[0, 0].float().cpu().numpy()
+                    resized = resize_logits(logits[k : k + 1], gt.shape, valid)[0]
+                    if classes > 1:
+                        prob = resized.argmax(0).to(torch.uint8).cpu().numpy()
+                    else:
+                        prob = torch.sigmoid(resized[0]).float().cpu().numpy()
                 k += 1
                 yield Prediction(image_id, prob, gt, "ok", "", thumb)
     finally:
@@ -66,6 +74,7 @@ def predict_split(model, dataset: str, split: str, *, batch_size: int, resize_mo
     ``thumb_height`` > 0: each prediction carries a thumbnail of its image."""
     def batches():
         for rows in iter_records(dataset, split, columns=["image_id", "image", "mask"], batch_size=batch_size):
-            yield decode_for_validation(rows, model.img_size, resize_mode, thumb_height=thumb_height)
+            yield decode_for_validation(rows, model.img_size, resize_mode, thumb_height=thumb_height,
+                                        num_classes=model.num_classes)
 
     yield from predict_batches(model, batches(), resize_mode, bf16)

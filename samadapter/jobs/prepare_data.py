@@ -7,6 +7,8 @@ Examples:
     python jobs/prepare_data.py --source istd --input /data/ISTD_Dataset --output s3://bucket/istd
     python jobs/prepare_data.py --source kvasir --input /data/Kvasir-SEG --output s3://bucket/kvasir
     python jobs/prepare_data.py --source synthetic --kind shadow --output /tmp/shadow
+    python jobs/prepare_data.py --source indexed --images imgs/ --masks labels/ --classes classes.txt --split train --output out/
+    python jobs/prepare_data.py --source synthetic --kind multiclass --output /tmp/classes
 
 Released layouts: istd train/{train_A,train_B} + test/{test_A,test_B}; sbu
 SBUTrain4KRecoveredSmall/{ShadowImages,ShadowMasks} + SBU-Test/{ShadowImages,ShadowMasks};
@@ -41,8 +43,8 @@ from samadapter.data.transforms import DEFAULT_MAX_PIXELS
 from samadapter.tasks import TASKS
 
 
-SOURCES = ("cod10k", *sources.TASK_LAYOUTS, "paired", "synthetic")
-RELEASED, PAIRED, SYNTHETIC, OUTPUT = "cod10k, istd, sbu, kvasir, cvc", "paired", "synthetic", "output"
+SOURCES = ("cod10k", *sources.TASK_LAYOUTS, "paired", "indexed", "synthetic")
+RELEASED, PAIRED, SYNTHETIC, OUTPUT = "cod10k, istd, sbu, kvasir, cvc", "paired, indexed", "synthetic", "output"
 
 
 @dataclass
@@ -51,7 +53,8 @@ class PrepareConfig:
 
     source: str = option(help="cod10k: a COD10K-v3 or COD release folder (layout detected); istd, sbu (shadows), "
                               "kvasir, cvc (polyps): the dataset's released folder; paired: any image/mask folder "
-                              "pair matched by file stem; synthetic: generated scenes (--kind)", choices=SOURCES)
+                              "pair matched by file stem; indexed: the same with index masks of several classes "
+                              "(--classes); synthetic: generated scenes (--kind)", choices=SOURCES)
     output: str = option(help="dataset URI: local path, file://, s3://bucket/prefix, ...")
     input: Optional[str] = option(None, "the dataset folder (local path or URI)", group=RELEASED)
     include_noncam: bool = option(False, "keep COD10K-v3 NonCAM images (skipped by default)", group=RELEASED)
@@ -59,6 +62,8 @@ class PrepareConfig:
     images: Optional[str] = option(None, "folder of images", group=PAIRED)
     masks: Optional[str] = option(None, "folder of masks, same file stems as the images", group=PAIRED)
     split: Optional[str] = option(None, "split name for the paired folders, e.g. train or test", group=PAIRED)
+    classes: Optional[str] = option(None, "indexed: a text file of class names, one a line (line i names mask "
+                                          "value i; the background first)", group=PAIRED)
     num_train: int = option(256, "training scenes", group=SYNTHETIC)
     num_test: int = option(64, "test scenes", group=SYNTHETIC)
     size: int = option(256, "scene side in pixels", group=SYNTHETIC)
@@ -82,8 +87,10 @@ class PrepareConfig:
             raise ConfigError("--test-percent must be in [0, 100]")
         if self.task is not None and self.task not in TASKS:
             raise ConfigError(f"--task {self.task!r}: choose one of {sorted(TASKS)}")
-        if self.source == "paired" and not (self.images and self.masks and self.split):
-            raise ConfigError("--source paired needs --images DIR --masks DIR --split NAME")
+        if self.source in ("paired", "indexed") and not (self.images and self.masks and self.split):
+            raise ConfigError(f"--source {self.source} needs --images DIR --masks DIR --split NAME")
+        if self.source == "indexed" and not self.classes:
+            raise ConfigError("--source indexed needs --classes FILE (class names, one a line, the background first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +112,8 @@ def _listing(cfg: PrepareConfig) -> sources.SourceListing:
         return sources.task_listing(cfg.source, cfg.input, test_percent=cfg.test_percent)
     if cfg.source == "paired":
         return sources.paired_listing(cfg.images, cfg.masks, cfg.split)
+    if cfg.source == "indexed":
+        return sources.indexed_listing(cfg.images, cfg.masks, cfg.split, cfg.classes)
     return sources.synthetic_listing(cfg.num_train, cfg.num_test, cfg.size, cfg.seed, kind=cfg.kind)
 
 
@@ -121,6 +130,10 @@ def main(argv=None) -> int:
         return status
     if cfg.task:
         listing.task = cfg.task
+    if (listing.task == "multiclass") != bool(listing.classes):
+        print("prepare_data.py: error: the multiclass task is for masks of several classes (--source indexed, or "
+              "synthetic --kind multiclass), and those are for it alone", file=sys.stderr)
+        return 2
     print(f"source: {listing.description}; {len(listing.candidates)} candidates; task: {listing.task or 'not recorded'}")
     summary, status = guarded(lambda: prepare_dataset(listing, cfg.output, shard_mb=cfg.shard_mb,
                                                       overwrite=cfg.overwrite, max_pixels=cfg.max_pixels,

@@ -3,6 +3,7 @@
 - ``cod``: camouflaged objects - S-measure, mean E-measure, weighted F, MAE (pysodmetrics).
 - ``ber``: shadows - balanced error rate with its shadow and non-shadow errors (percent).
 - ``overlap``: polyps and generic masks - Dice, IoU (per-image means), MAE.
+- ``multiclass``: several classes - mean IoU, IoU per class, pixel accuracy (pooled counts).
 
 Every accumulator is a ``ScoreAccumulator`` (``accumulator.py``): ``add(pred, gt)`` scores
 one image into a small dict, ``extend`` adds another worker's dicts, ``results()`` gives the
@@ -16,12 +17,14 @@ from typing import Dict, Optional, Sequence
 from .accumulator import ScoreAccumulator
 from .ber import BERMetrics
 from .cod import METRIC_NAMES, CODMetrics, image_scores
+from .multiclass import MulticlassMetrics
 from .overlap import OverlapMetrics
 
 METRIC_TITLES = {
     "s_measure": "S-alpha", "e_measure": "mean E-phi", "weighted_f": "weighted F", "mae": "MAE",
     "ber": "BER %", "shadow_error": "shadow err %", "non_shadow_error": "non-shadow err %",
-    "ber_per_image": "BER % (image mean)", "dice": "Dice", "iou": "IoU",
+    "ber_per_image": "BER % (image mean)", "dice": "Dice", "iou": "IoU", "miou": "mIoU",
+    "pixel_accuracy": "pixel acc.",
 }
 
 
@@ -37,5 +40,5 @@ def format_table(rows: Dict[str, Dict[str, float]], names: Optional[Sequence[str
     return "\n".join(lines)
 
 
-__all__ = ["BERMetrics", "CODMetrics", "METRIC_NAMES", "METRIC_TITLES", "OverlapMetrics", "ScoreAccumulator",
+__all__ = ["BERMetrics", "CODMetrics", "METRIC_NAMES", "METRIC_TITLES", "MulticlassMetrics", "OverlapMetrics", "ScoreAccumulator",
            "format_table", "image_scores"]

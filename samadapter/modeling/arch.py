@@ -42,7 +42,10 @@ class ArchConfig:
     knowledge: Tuple[Dict[str, Any], ...] = DEFAULT_KNOWLEDGE
     learnable_weights: bool = False
     reference_layout: bool = False
-    # mask decoder
+    # mask decoder: num_classes = 1 is one foreground mask (the first mask token, as SAM's
+    # single-mask output); C >= 2 classes (background included) take the first C mask tokens,
+    # SAM's 4 extended to C where C > 4 (classes.py)
+    num_classes: int = 1
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
@@ -75,8 +78,16 @@ class ArchConfig:
         if self.reference_layout and [e["name"] for e in self.knowledge] != [e["name"] for e in DEFAULT_KNOWLEDGE]:
             raise ValueError("reference_layout imports the reference implementation's model, which has the "
                              "default knowledge sources (fft_highpass + patch_embedding) only")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes {self.num_classes} must be >= 1 (1: one foreground mask; C >= 2: classes "
+                             "including the background)")
         if self.out_chans % 8:
             raise ValueError(f"out_chans {self.out_chans} must be a multiple of 8 (the decoder upscales to /8)")
+
+    @property
+    def num_mask_tokens(self) -> int:
+        """The decoder's mask tokens: SAM's 1 + num_multimask_outputs, more when the classes need them."""
+        return max(self.num_multimask_outputs + 1, self.num_classes)
 
     @property
     def embedding_size(self) -> int:

@@ -121,7 +121,7 @@ def build_from_config(cfg: ArchConfig, base_on_meta: bool = False) -> SamAdapter
             mask_in_chans=16,
         )
         decoder = BatchedMaskDecoder(
-            num_multimask_outputs=cfg.num_multimask_outputs,
+            num_multimask_outputs=cfg.num_mask_tokens - 1,
             transformer=TwoWayTransformer(
                 depth=cfg.decoder_depth,
                 embedding_dim=cfg.out_chans,

@@ -63,7 +63,8 @@ class SamAdapter(nn.Module):
         config: the architecture config the model was built from (a dict of plain values).
 
     ``model(images)``: B x 3 x S x S images normalized with SAM's pixel mean/std ->
-    B x 1 x S x S mask logits.
+    B x C x S x S mask logits (C = ``num_classes``: 1, one foreground mask; C >= 2, a logit
+    per class, the background class 0).
     """
 
     def __init__(
@@ -154,8 +155,13 @@ class SamAdapter(nn.Module):
         """B x 3 x H x W RGB in 0..255 -> normalized with SAM's pixel mean/std."""
         return (images - self.pixel_mean) / self.pixel_std
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.get("num_classes", 1))
+
     def decode(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        """B x C x h x w image embeddings -> B x 1 x 4h x 4w low-resolution logits."""
+        """B x D x h x w image embeddings -> B x C x 4h x 4w low-resolution logits: the
+        first C mask tokens' masks (C = 1: SAM's single-mask output)."""
         b = image_embeddings.shape[0]
         sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
         sparse = sparse.expand(b, -1, -1)
@@ -167,10 +173,10 @@ class SamAdapter(nn.Module):
             sparse_prompt_embeddings=sparse.to(image_embeddings.dtype),
             dense_prompt_embeddings=dense.to(image_embeddings.dtype),
         )
-        return masks[:, :1]  # multimask_output=False: the first mask token
+        return masks[:, : self.num_classes]  # C = 1: multimask_output=False, the first mask token
 
     def low_res_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S normalized images -> B x 1 x S/4 x S/4 mask logits (the decoder's own
+        """B x 3 x S x S normalized images -> B x C x S/4 x S/4 mask logits (the decoder's own
         resolution: 256 x 256 for a 1024 input); ``forward`` upsamples them to S x S."""
         s = self.img_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (s, s):
@@ -181,7 +187,7 @@ class SamAdapter(nn.Module):
         return self.decode(self.image_encoder(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S normalized images -> B x 1 x S x S mask logits."""
+        """B x 3 x S x S normalized images -> B x C x S x S mask logits."""
         s = self.img_size
         return F.interpolate(self.low_res_logits(images), size=(s, s), mode="bilinear", align_corners=False)
 

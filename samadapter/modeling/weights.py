@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_save
 
 from .. import storage
 from .arch import ARCHS, ArchConfig
+from .classes import extend_mask_tokens
 from .knowledge import describe_knowledge
 from .resize import describe as describe_resize
 from .resize import resize_position_tables
@@ -206,7 +207,12 @@ def _sam_state(model: SamAdapter, sd: Dict[str, torch.Tensor], uri: str):
             f"{uri}: holds prompt-generator tensors ({stray[0]!r}); it is not an official SAM checkpoint. "
             "Use adapter_checkpoint= for adapter files or reference_checkpoint= for the reference implementation's"
         )
-    sd, resized = resize_position_tables(sd, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sd, resized = resize_position_tables(sd, shapes)
+    sd, added = extend_mask_tokens(sd, shapes)
+    if added:
+        log.info("%s: %d mask tokens added for %d classes (copies of SAM's; classes.py)", uri, added,
+                 model.num_classes)
     _check_keys(model, sd, uri, allowed_missing=prompt_keys)
     return sd, prompt_keys, resized
 

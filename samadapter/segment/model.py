@@ -29,6 +29,7 @@ def model_fingerprint(adapter_bytes: bytes, threshold: float, resize_mode: str, 
 
 def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.ndarray:
     """B x S x S x 3 uint8 model inputs -> B x S/4 x S/4 float16 low-resolution logits
+    (B x C x S/4 x S/4 for a model of C >= 2 classes)
     (clamped to float16's range; 128 KiB an image at S = 1024): pinned host memory and a
     non-blocking copy on GPU, ``inference_mode``, bf16 autocast when asked. ``forward`` is
     ``model.low_res_logits`` or its ``torch.compile`` wrapper."""
@@ -38,7 +39,8 @@ def infer_logits(model, forward, images: np.ndarray, device, bf16: bool) -> np.n
 
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = forward(to_model_input(images, model))
-    return out[:, 0].float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
+    out = out[:, 0] if out.shape[1] == 1 else out  # one class: B x s x s; several: B x C x s x s
+    return out.float().clamp(-60000, 60000).cpu().numpy().astype(np.float16)
 
 
 class Segmenter:
@@ -77,7 +79,8 @@ class Segmenter:
         t0 = time.perf_counter()
         ok = np.asarray([s == "ok" for s in batch["status"]], dtype=bool)
         size = self.model.img_size // 4  # the mask decoder's resolution
-        logits = np.zeros((len(ok), size, size), dtype=np.float16)
+        classes = self.model.num_classes
+        logits = np.zeros((len(ok), *((classes,) if classes > 1 else ()), size, size), dtype=np.float16)
         if ok.any():
             logits[ok] = infer_logits(self.model, self.forward, batch["image"][ok], self.device, self.bf16)
         share = (time.perf_counter() - t0) / max(1, int(ok.sum()))

@@ -215,6 +215,9 @@ def run_segmentation(cfg: SegmentConfig, progress: bool = True) -> SegmentSummar
 
     arch = check_checkpoints(adapter_uri, None if cfg.dry_run else cfg.sam_checkpoint, cfg.img_size)
     trained_size = json.loads(read_safetensors_metadata(adapter_bytes)["config"])["img_size"]
+    if arch.get("num_classes", 1) > 1 and cfg.save_probs:
+        raise ConfigError(f"--save-probs writes one class's probabilities; {adapter_uri} has {arch['num_classes']} "
+                          "classes (its masks/ are indexed PNGs of the classes)")
     img_size = cfg.img_size if cfg.img_size and cfg.img_size != trained_size else None  # None: as trained
     fingerprint = model.model_fingerprint(adapter_bytes, cfg.threshold, cfg.resize_mode, img_size)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]

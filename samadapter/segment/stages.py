@@ -24,7 +24,8 @@ from PIL import Image
 
 from .. import storage
 from ..data.transforms import (
-    NOT_AN_IMAGE, OK, ZERO_BYTES, decode_image, encode_png, low_res_mask, low_res_probs, resize_for_model, resized_size,
+    NOT_AN_IMAGE, OK, ZERO_BYTES, class_colours, decode_image, encode_png, low_res_labels, low_res_mask, low_res_probs,
+    resize_for_model, resized_size,
 )
 from . import layout, ledger
 from .listing import PENDING, SNIFF
@@ -133,11 +134,15 @@ def decode_stage(batch: Dict[str, np.ndarray], img_size: int, resize_mode: str, 
     return out
 
 
-def _overlay(data: bytes, mask: np.ndarray) -> np.ndarray:
-    """image | image with the mask tinted, side by side (H x 2W x 3)."""
+def _overlay(data: bytes, mask: np.ndarray, classes: bool = False) -> np.ndarray:
+    """image | image with the mask tinted (red; several classes: each class in its palette
+    colour, the background untouched), side by side (H x 2W x 3)."""
     image = decode_image(data).image
     tinted = image.astype(np.float32)
-    tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([255, 40, 40], np.float32)
+    fore = mask > 0
+    colour = class_colours(int(mask.max()) + 1)[mask[fore]].astype(np.float32) if classes else \
+        np.array([255, 40, 40], np.float32)
+    tinted[fore] = 0.45 * tinted[fore] + 0.55 * colour
     return np.concatenate([image, tinted.astype(np.uint8)], axis=1)
 
 
@@ -155,15 +160,19 @@ def postprocess_stage(batch: Dict[str, np.ndarray], output: str, threshold: floa
         if status == OK:
             try:
                 valid = resized_size(h, w, img_size, resize_mode) if resize_mode == "pad" else None
-                mask = low_res_mask(batch["logits"][i], (h, w), img_size, logit_threshold, valid)
+                logits = batch["logits"][i]
+                if logits.ndim == 3:  # several classes: an indexed PNG of the classes
+                    mask = low_res_labels(logits, (h, w), img_size, valid)
+                else:
+                    mask = low_res_mask(logits, (h, w), img_size, logit_threshold, valid)
                 rel = str(batch["rel"][i])
                 out_key = layout.output_key(layout.MASKS, rel)
                 storage.write_bytes(storage.join(output, out_key), encode_png(mask))
-                if save_probs:
+                if save_probs and logits.ndim == 2:
                     probs = low_res_probs(batch["logits"][i], (h, w), img_size, valid)
                     storage.write_bytes(storage.join(output, layout.output_key(layout.PROBS, rel)), encode_png(probs))
                 if overlays:
-                    overlay = _overlay(batch["data"][i], np.asarray(mask, dtype=bool))
+                    overlay = _overlay(batch["data"][i], np.asarray(mask, dtype=np.uint8), logits.ndim == 3)
                     storage.write_bytes(storage.join(output, layout.output_key(layout.OVERLAYS, rel)), encode_png(Image.fromarray(overlay)))
             except OSError as exc:
                 # a name that cannot exist there is permanent; any other failure is retried

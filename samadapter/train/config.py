@@ -27,7 +27,7 @@ from ..constants import ATTENTION_IMPLS
 from ..data.synthetic import SCENES
 from ..data.transforms import RESIZE_MODES
 from ..modeling.arch import ARCHS, arch_config
-from ..tasks import DEFAULT_TASK, LOSSES, TASKS
+from ..tasks import DEFAULT_TASK, LOSSES, MULTICLASS, TASKS
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "RECIPES"]
 
@@ -218,24 +218,41 @@ class TrainConfig:
         left to the dataset and not yet resolved: ``with_task_resolved``)."""
         return TASKS[self.task or DEFAULT_TASK]
 
-    def with_task_resolved(self, dataset_task: Any = _READ_DATASET) -> "TrainConfig":
+    def with_task_resolved(self, manifest: Any = _READ_DATASET) -> "TrainConfig":
         """This recipe with its task decided: the recipe's (``--task``) wins, then the
-        dataset's (``dataset_task``: its ``_dataset.json``'s, read from ``data.dataset`` when
-        not given), then the embedded scenes' kind, then camouflage. A recipe task that
-        differs from the dataset's costs one warning naming both."""
-        if dataset_task is _READ_DATASET:
-            dataset_task = None
+        dataset's (``manifest``: its ``_dataset.json``, read from ``data.dataset`` when not
+        given; None: the dataset says nothing), then the embedded scenes' kind, then
+        camouflage. A recipe task that differs from the dataset's costs one warning naming
+        both. Several classes: ``model.overrides.num_classes`` defaults to the dataset's
+        class count, and only the multiclass task has more than one."""
+        if manifest is _READ_DATASET:
+            manifest = None
             if self.data.dataset:
-                from ..data.records import dataset_task as read_task
+                from ..data.records import read_dataset_info
 
-                dataset_task = read_task(self.data.dataset)
+                manifest = read_dataset_info(self.data.dataset)
+        manifest = manifest or {}
+        dataset_task = manifest.get("task")
+        cfg = self
         if self.task is not None:
             if dataset_task and dataset_task != self.task:
                 log.warning("dataset %s was converted for task %r; training task %r as the recipe says",
                             self.data.dataset or self.dataset_uri(), dataset_task, self.task)
-            return self
-        implied = dataset_task or (None if self.data.dataset else self.data.synthetic_kind) or DEFAULT_TASK
-        return self.with_values({"task": implied})
+        else:
+            implied = dataset_task or (None if self.data.dataset else self.data.synthetic_kind) or DEFAULT_TASK
+            cfg = self.with_values({"task": implied})
+        classes = manifest.get("classes")
+        if cfg.task == MULTICLASS and "num_classes" not in cfg.model.overrides and classes:
+            cfg = cfg.with_values({"model.overrides": {**cfg.model.overrides, "num_classes": len(classes)}})
+        if (cfg.task == MULTICLASS) != (cfg.num_classes > 1):
+            raise ConfigError(f"task {cfg.task} with model.overrides.num_classes {cfg.num_classes}: the multiclass task "
+                              "needs num_classes >= 2 (or a dataset that lists its classes), the other tasks 1")
+        return cfg
+
+    @property
+    def num_classes(self) -> int:
+        """1: one foreground mask; C >= 2: classes, background included (multiclass)."""
+        return int(self.model.overrides.get("num_classes", 1))
 
     @property
     def loss(self) -> str:

@@ -96,7 +96,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
 
     dataset_uri = _absolute(ensure_embedded_dataset(cfg, progress=progress))
     manifest = read_dataset_info(dataset_uri)
-    cfg = cfg.with_task_resolved(manifest.get("task"))
+    cfg = cfg.with_task_resolved(manifest)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if split not in manifest["splits"]:
             raise ConfigError(f"dataset {dataset_uri} has no split {split!r} (it has {sorted(manifest['splits'])}); set data.train_split / data.val_split")
@@ -126,11 +126,13 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     size = cfg.model.img_size
     train_ds = read_split(dataset_uri, cfg.data.train_split, columns=["image_id", "image", "mask"]).map_batches(
         decode_for_training,
-        fn_kwargs={"img_size": size, "resize_mode": cfg.data.resize_mode, "hflip": cfg.data.hflip},
+        fn_kwargs={"img_size": size, "resize_mode": cfg.data.resize_mode, "hflip": cfg.data.hflip,
+                   "num_classes": cfg.num_classes},
         batch_size=16,
         batch_format="numpy",
     )
-    val_ds = validation_dataset(dataset_uri, cfg.data.val_split, size, cfg.data.resize_mode)
+    val_ds = validation_dataset(dataset_uri, cfg.data.val_split, size, cfg.data.resize_mode,
+                                num_classes=cfg.num_classes)
     pa_fs, storage_path = storage.pyarrow_filesystem(storage_uri)
     trainer = TorchTrainer(
         train_loop_per_worker,

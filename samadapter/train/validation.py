@@ -21,9 +21,10 @@ from ..tasks import DEFAULT_TASK, get_task
 TRAIN, VAL = "train", "val"
 
 
-def validation_dataset(dataset_uri: str, split: str, img_size: int, resize_mode: str, decode_batch: int = 16):
+def validation_dataset(dataset_uri: str, split: str, img_size: int, resize_mode: str, decode_batch: int = 16,
+                       num_classes: int = 1):
     return read_split(dataset_uri, split, columns=["image_id", "image", "mask"]).map_batches(
-        decode_for_validation, fn_kwargs={"img_size": img_size, "resize_mode": resize_mode},
+        decode_for_validation, fn_kwargs={"img_size": img_size, "resize_mode": resize_mode, "num_classes": num_classes},
         batch_size=decode_batch, batch_format="numpy")
 
 
