@@ -58,6 +58,9 @@ def test_vit_b_at_512_from_a_1024_checkpoint(tmp_path):
     _tables_match_sams_own_resampling(model, sd, 32, global_blocks=(2, 5, 8, 11), window_blocks=(0, 1, 3))
     with torch.no_grad():
         assert model.low_res_logits(torch.randn(1, 3, 512, 512)).shape == (1, 1, 128, 128)
+    native = build_model("vit_b", sam_checkpoint=path).state_dict()  # 1024 -> 1024: the file's tensors
+    for key in ("image_encoder.pos_embed", GLOBAL.format(2, "h"), GLOBAL.format(11, "w")):
+        assert torch.equal(native[key], sd[key])
 
 
 def test_an_adapter_trained_at_one_size_runs_at_another(tmp_path, official_tiny, caplog):
