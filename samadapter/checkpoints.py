@@ -4,7 +4,11 @@ them through this module (torch-free: a driver imports it before Ray starts).
 
     <storage>/<name>/                   a run (rerunning the same name resumes it)
         config.yaml                     the resolved TrainConfig
-        metrics.jsonl                   one JSON line per phase: before training, validation, resumed
+        metrics.jsonl                   one JSON line per phase: before training, step (every run.log_every),
+                                        validation, resumed
+        curves.png                      loss and validation metrics so far (train/curves.py)
+        tracking.json                   the MLflow tracking URI and run id (tracking.py): a resumed run
+                                        logs into the same MLflow run
         checkpoint_*/                   Ray Train's checkpoints (the best by the task's metric, and the latest)
             adapter.safetensors         the adapter (weights.py's format)
             train_state.pt              optimizer, scheduler, epoch, step (weights_only)
@@ -27,6 +31,8 @@ CHECKPOINT_PREFIX = "checkpoint_"
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "train_state.pt"
 CHECKPOINT_METRICS = "metrics.json"
+CURVES_FILE = "curves.png"
+TRACKING_FILE = "tracking.json"
 
 
 def checkpoint_dirs(run_uri: str) -> List[str]:
@@ -89,15 +95,27 @@ def resolve_adapter(uri: str) -> str:
     return storage.join(best, ADAPTER_FILE)
 
 
-def append_metrics_line(run_uri: str, record: dict) -> None:
-    """Append one JSON line to the run's metrics log (rewritten whole: object stores cannot
-    append)."""
+def append_metrics_line(run_uri: str, *records: dict) -> None:
+    """Append a JSON line per record to the run's metrics log (rewritten whole: object stores
+    cannot append)."""
     uri = storage.join(run_uri, METRICS_FILE)
     try:
         existing = storage.read_bytes(uri)
     except FileNotFoundError:
         existing = b""
-    storage.write_bytes(uri, existing + (json.dumps(record) + "\n").encode())
+    storage.write_bytes(uri, existing + "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def read_tracking(run_uri: str) -> dict:
+    """``{"uri", "run_id"}`` of the run's MLflow run, or {} when it has none yet."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(run_uri, TRACKING_FILE)))
+    except FileNotFoundError:
+        return {}
+
+
+def write_tracking(run_uri: str, uri: str, run_id: str) -> None:
+    storage.write_bytes(storage.join(run_uri, TRACKING_FILE), json.dumps({"uri": uri, "run_id": run_id}).encode())
 
 
 def read_metrics_lines(run_uri: str) -> List[dict]:

@@ -93,7 +93,7 @@ def test_sweep_cli_dry_run_and_errors(capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path):
+def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path, mlflow_server):
     """Two trials of the tiny shadow recipe (one epoch each): a sweep end to end, the shadow
     task trained on CPU with its BER dropping, and lower-is-better everywhere it selects."""
     from PIL import Image
@@ -104,7 +104,8 @@ def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path):
     spec = SweepSpec(
         recipe=os.path.join(ROOT, "configs", "local-tiny-shadow.yaml"),
         set={"optim.epochs": 1, "optim.batch_size": 4, "run.workers": 1, "data.synthetic_train": 16, "data.synthetic_test": 8,
-             "data.synthetic_size": 128, "model.overrides.img_size": 128, "data.cache_dir": str(tmp_path / "cache")},
+             "data.synthetic_size": 128, "model.overrides.img_size": 128, "data.cache_dir": str(tmp_path / "cache"),
+             "run.tracking_uri": mlflow_server},
         grid={"model.overrides.knowledge": ["fft", "edges"]},
         name="ablation",
     )
@@ -130,6 +131,19 @@ def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path):
     assert table.splitlines()[2].startswith(f"| {rows[0]['trial']} | {rows[0]['best_ber']:.3f} |")
     assert out["table"] == table.strip()
     assert Image.open(sweep / "chart.png").size[0] > 200
+    # one MLflow parent run for the sweep, each trial a run nested under it with its values as
+    # params, linked from results.md
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("samadapter")
+    runs = client.search_runs([experiment.experiment_id], "tags.`samadapter.sweep_uri` != ''")
+    assert [r.info.run_name for r in runs] == ["ablation"] and runs[0].info.status == "FINISHED"
+    trials = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{runs[0].info.run_id}'")
+    assert sorted(t.data.params["model.overrides.knowledge"] for t in trials) == ["edges", "fft"]
+    assert {t.info.run_id for t in trials} == {r["tracking_run_id"] for r in rows}
+    for r in rows:
+        assert f"({mlflow_server}/#/runs/{r['tracking_run_id']})" in table
     best = TrainConfig.from_dict(yaml.safe_load((sweep / "best.yaml").read_text()))
     assert best.task == "shadow" and best.model.overrides["knowledge"] == rows[0]["params"]["model.overrides.knowledge"]
     assert best.run.name == "ablation-best" and best.optim.epochs == 1

@@ -114,6 +114,14 @@ def test_worker_failure_is_recovered_from_last_checkpoint(ray_local, local_datas
     assert [r["epoch"] for r in _phases(lines, "validation")] == [1, 2, 3]
     assert len(_phases(lines, "before training")) == 1
     assert outcome.latest_checkpoint is not None
+    # tracked by default in a local MLflow store beside the runs (no server): the restart
+    # logged into the same MLflow run, each validation once
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    assert outcome.tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert [m.step for m in store.get_metric_history(outcome.tracking_run_id, "s_measure")] == [0, 1, 2, 3]
+    assert list((tmp_path / "runs" / "mlartifacts").rglob("adapter.safetensors"))  # beside the store, not in ./mlruns
 
     # The resolved config is written next to the checkpoints; a checkpoint holds its metrics.
     written = TrainConfig.from_yaml(str(tmp_path / "runs" / "faulty" / "config.yaml"))
@@ -171,3 +179,49 @@ def test_several_classes_learn_and_the_segment_job_writes_their_masks(ray_local,
     for path in masks:
         im = Image.open(path)
         assert im.mode == "P" and im.size == (112, 112) and np.asarray(im).max() < 3
+
+
+def test_a_run_is_tracked_in_mlflow_and_a_resume_continues_its_run(ray_local, local_dataset, tmp_path, mlflow_server):
+    """Against a real tracking server: params, a metric point per validation, the loss per
+    logged step, the best adapter as an artifact that loads; a resumed run appends to the same
+    MLflow run; curves.png is redrawn."""
+    from mlflow.tracking import MlflowClient
+
+    from samadapter.modeling import build_from_adapter
+    from samadapter.train.driver import run_training
+
+    cfg = _config(local_dataset, str(tmp_path), "tracked", **{"run.tracking_uri": mlflow_server, "run.log_every": 2})
+    outcome = run_training(cfg, progress=False)
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(outcome.tracking_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.data.params["optim.lr"] == str(cfg.optim.lr) and run.data.params["model.arch"] == "tiny"
+    assert run.data.params["model.overrides.img_size"] == str(SIZE) and run.data.params["task"] == "camouflage"
+    assert run.data.tags["task"] == "camouflage" and run.data.tags["knowledge"].startswith("fft_highpass")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "s_measure")] == [0, 1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+    adapter = client.download_artifacts(run.info.run_id, "best/adapter.safetensors", str(tmp_path / "download"))
+    assert build_from_adapter(adapter).img_size == SIZE
+    curves = (tmp_path / "tracked" / "curves.png").read_bytes()
+    assert curves.startswith(b"\x89PNG")
+
+    resumed = run_training(_config(local_dataset, str(tmp_path), "tracked",
+                                   **{"run.tracking_uri": mlflow_server, "optim.epochs": 3}), resume=True, progress=False)
+    assert resumed.resumed and resumed.tracking_run_id == outcome.tracking_run_id
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "s_measure")] == [0, 1, 2, 3]
+    assert (tmp_path / "tracked" / "curves.png").read_bytes() != curves
+
+
+def test_an_unreachable_tracking_server_costs_one_warning(ray_local, local_dataset, tmp_path, capsys, caplog):
+    from samadapter.jobs.train import main
+
+    from .rayheads import free_port
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    args = ["--set", f"data.dataset={local_dataset}", "--storage", str(tmp_path), "--name", "untracked",
+            "--set", f"model.overrides.img_size={SIZE}", "--epochs", "1", "--set", "optim.batch_size=4",
+            "--run.tracking-uri", nobody]
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert caplog.text.count("does not answer") == 1 and nobody in caplog.text
+    assert "tracking:" not in capsys.readouterr().out

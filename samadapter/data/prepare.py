@@ -8,8 +8,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from tqdm import tqdm
-
+from ..progress import progress as show_progress
 from .records import DEFAULT_SHARD_MB, DatasetWriter, Sample
 from .sources import Candidate, SourceListing
 from .transforms import DEFAULT_MAX_PIXELS, decode_sample, encode_label_png, encode_mask_png
@@ -63,9 +62,7 @@ def prepare_dataset(
     with writer, ThreadPoolExecutor(workers) as pool:
         num_classes = len(listing.classes) if listing.classes else 1
         results = pool.map(lambda c: (c, _validate(c, max_pixels, num_classes)), listing.candidates)
-        for candidate, (sample, bad) in tqdm(
-            results, total=len(listing.candidates), desc="prepare", unit="img", disable=not progress
-        ):
+        for candidate, (sample, bad) in show_progress(results, len(listing.candidates), "prepare", "img", progress):
             item = candidate.origin or candidate.image_id
             if bad is not None:
                 skipped.append({"item": item, "status": bad[0], "reason": bad[1]})

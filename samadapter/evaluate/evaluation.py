@@ -20,6 +20,7 @@ from .. import storage
 from ..data.reading import iter_records
 from ..data.transforms import class_colours, decode_sample, thumbnail
 from ..metrics import format_table
+from ..progress import progress
 from ..segment.layout import output_key
 from ..data.records import dataset_task, read_dataset_info
 from ..tasks import get_task, resolve_task
@@ -88,8 +89,10 @@ def evaluate_checkpoint(
     task = resolve_task(task, dataset_task(dataset), read_adapter(adapter)[1].get("task"), dataset, adapter)
     model = build_from_adapter(adapter, sam_checkpoint, img_size=img_size).to(device)
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
-    for p in predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
-                           bf16=device.type == "cuda", thumb_height=THUMB_HEIGHT if keep_examples else 0):
+    predictions = predict_split(model, dataset, split, batch_size=batch_size, resize_mode=resize_mode,
+                                bf16=device.type == "cuda", thumb_height=THUMB_HEIGHT if keep_examples else 0)
+    total = read_dataset_info(dataset)["splits"].get(split)
+    for p in progress(predictions, total, f"evaluate {split}", "img", every=100):
         if p.prob is None:
             skipped.append((p.image_id, f"{p.status}: {p.reason}"))
         else:
@@ -115,10 +118,12 @@ def evaluate_predictions(dataset: str, split: str, predictions: str, keep_exampl
                          task: Optional[str] = None) -> Evaluation:
     """Score a segmentation output against a split's ground truth with the metrics of ``task``
     (default: the dataset's task, else camouflage)."""
-    task = resolve_task(task, dataset_task(dataset))
-    num_classes = len(read_dataset_info(dataset).get("classes") or [None])
+    info = read_dataset_info(dataset)
+    task = resolve_task(task, info.get("task"))
+    num_classes = len(info.get("classes") or [None])
     metrics, per_image, examples, skipped = get_task(task).metrics(), [], {}, []
-    for image_id, image_bytes, mask_bytes in _rows(dataset, split):
+    rows = progress(_rows(dataset, split), info["splits"].get(split), f"score {split}", "img", every=100)
+    for image_id, image_bytes, mask_bytes in rows:
         d = decode_sample(image_bytes, mask_bytes, require_mask=True, num_classes=num_classes)
         if not d.ok:
             skipped.append((image_id, f"{d.status}: {d.reason}"))

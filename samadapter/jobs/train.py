@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     print(f"best checkpoint:   {outcome.best_checkpoint}")
     print(f"best adapter:      {outcome.best_adapter}")
     print(f"latest checkpoint: {outcome.latest_checkpoint}")
-    print(f"metrics:           {outcome.run_uri}/metrics.jsonl")
+    print(f"metrics:           {outcome.run_uri}/metrics.jsonl, curves: {outcome.run_uri}/curves.png")
+    if outcome.tracking_run_id:
+        print(f"tracking:          {outcome.tracking_uri} (MLflow run {outcome.tracking_run_id})")
     return 0
 
 

@@ -167,6 +167,10 @@ class RunConfig:
     bf16: Optional[bool] = option(None, "bf16 autocast (default: on GPU, fp32 on CPU)")
     accelerator_type: Optional[str] = option(None, "GPU model the workers must run on (Ray's accelerator type: A100, "
                                                    "H100, A10G, L4, ...): ties training to the node group that has it")
+    tracking_uri: Optional[str] = option(None, "MLflow tracking URI (http://host:5000, databricks, file:/path, ...); "
+                                               "default a local store <storage>/mlflow.db when the storage is a "
+                                               "local path, none when it is remote")
+    experiment: str = option("samadapter", "MLflow experiment the run is logged in")
     placement_strategy: str = option("PACK", "placement of the workers' bundles: PACK fills one node before the next "
                                              "(NVLink), SPREAD uses as many nodes as it can", choices=PLACEMENT_STRATEGIES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -28,6 +29,8 @@ class TrainOutcome:
     latest_checkpoint: Optional[str] = None
     best_metrics: Optional[dict] = None
     task: str = "camouflage"
+    tracking_uri: Optional[str] = None  # MLflow (tracking.py)
+    tracking_run_id: Optional[str] = None
 
     @property
     def best_adapter(self) -> Optional[str]:
@@ -69,7 +72,8 @@ def scaling_config(run: RunSection):
                          accelerator_type=run.accelerator_type, placement_strategy=run.placement_strategy)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks=()) -> TrainOutcome:
+def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, callbacks=(),
+                 parent_run_id: Optional[str] = None) -> TrainOutcome:
     """Train with Ray Train as configured; rerunning the same run name resumes it.
 
     Args:
@@ -77,6 +81,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
         resume: require an existing run to continue (an error when there is none).
         progress: progress bars while generating the embedded dataset.
         callbacks: Ray Train callbacks for the run (a sweep passes Tune's reporter).
+        parent_run_id: the MLflow run this run's is nested under (a sweep's).
     """
     import ray
     import ray.data
@@ -120,6 +125,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     resolved["data"]["dataset"] = dataset_uri
     resolved["run"]["storage"] = storage_uri
     storage.write_bytes(storage.join(run_uri, CONFIG_FILE), TrainConfig.from_dict(resolved).to_yaml().encode())
+    track_uri, track_id = open_tracking(cfg, resolved, run_uri, storage_uri, parent_run_id)
 
     # One progress line per worker shard floods the job log; the loop logs progress.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -140,6 +146,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
             "train": resolved,
             "run_uri": run_uri,
             "num_train_rows": num_train,
+            "tracking": {"uri": track_uri, "run_id": track_id},
         },
         scaling_config=scaling_config(cfg.run),
         run_config=RunConfig(
@@ -166,7 +173,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     lines = read_metrics_lines(run_uri)
     before = next((r for r in lines if r.get("phase") == "before training"), None)
     validations = [r for r in lines if r.get("phase") == "validation"]
-    outcome = TrainOutcome(run_uri=run_uri, resumed=exists, before=before, validations=validations, task=cfg.task)
+    outcome = TrainOutcome(run_uri=run_uri, resumed=exists, before=before, validations=validations, task=cfg.task,
+                           tracking_uri=track_uri, tracking_run_id=track_id)
     scheme = storage.scheme(storage_uri)
 
     def uri_of(ckpt) -> str:
@@ -178,7 +186,59 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tru
     if best is not None:
         outcome.best_checkpoint = uri_of(best)
         outcome.best_metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), None)
+    close_tracking(outcome)
     return outcome
+
+
+def open_tracking(cfg: TrainConfig, resolved: dict, run_uri: str, storage_uri: str, parent_run_id: Optional[str] = None):
+    """(tracking URI, MLflow run id) of this training run, or (None, None): the run of the
+    run folder's ``tracking.json`` when it resumes, else a new one with the resolved recipe as
+    params (a sweep's trial: nested under ``parent_run_id``)."""
+    import ray
+    import torch
+
+    from .. import tracking
+    from ..checkpoints import read_tracking, write_tracking
+    from ..modeling.arch import arch_config
+    from ..modeling.knowledge import describe_knowledge
+
+    uri = tracking.default_uri(cfg.run.tracking_uri, storage_uri, storage.is_local(storage_uri))
+    if uri is None:
+        log.info("tracking: off (run storage %s is remote and run.tracking_uri is not set)", storage_uri)
+        return None, None
+    previous = read_tracking(run_uri)
+    knowledge = describe_knowledge(arch_config(cfg.model.arch, **cfg.model.overrides).knowledge)
+    tags = {"arch": cfg.model.arch, "task": cfg.task, "knowledge": knowledge, "ray": ray.__version__,
+            "torch": torch.__version__, "samadapter.run_uri": run_uri, "mlflow.source.git.commit": tracking.git_commit()}
+    run_id = tracking.open_run(uri, cfg.run.experiment, cfg.run.name, tracking.flatten(resolved),
+                               {k: v for k, v in tags.items() if v}, previous.get("run_id") if previous.get("uri") == uri
+                               else None, parent_run_id)
+    if run_id is None:
+        return None, None
+    write_tracking(run_uri, uri, run_id)
+    log.info("tracking: %s (MLflow run %s%s)", uri, run_id, ", continued" if previous.get("run_id") == run_id else "")
+    return uri, run_id
+
+
+def close_tracking(outcome: "TrainOutcome") -> None:
+    """The best adapter and its metrics.json as artifacts of the MLflow run, which ends."""
+    import tempfile
+
+    from .. import tracking
+    from ..checkpoints import CHECKPOINT_METRICS, CURVES_FILE
+
+    if not outcome.tracking_run_id:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for name, uri in ((ADAPTER_FILE, outcome.best_adapter),
+                          (CHECKPOINT_METRICS, outcome.best_checkpoint and storage.join(outcome.best_checkpoint, CHECKPOINT_METRICS)),
+                          (CURVES_FILE, storage.join(outcome.run_uri, CURVES_FILE))):
+            if uri and storage.exists(uri):
+                files.append(os.path.join(tmp, name))
+                storage.write_bytes(files[-1], storage.read_bytes(uri))
+        tracking.log_artifacts(outcome.tracking_uri, outcome.tracking_run_id, files, "best")
+    tracking.end_run(outcome.tracking_uri, outcome.tracking_run_id)
 
 
 def summary_table(outcome: TrainOutcome) -> str:

@@ -18,7 +18,7 @@ import os
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -30,7 +30,9 @@ from ..modeling import weights as weights_mod
 from ..ops import to_model_input
 from .config import TrainConfig
 from .losses import segmentation_loss
-from ..checkpoints import ADAPTER_FILE, CHECKPOINT_METRICS, STATE_FILE, append_metrics_line
+from .. import tracking
+from ..checkpoints import ADAPTER_FILE, CHECKPOINT_METRICS, CURVES_FILE, STATE_FILE, append_metrics_line, read_metrics_lines
+from .curves import draw_curves
 from .validation import TRAIN, VAL, rank_and_world, validate
 
 log = logging.getLogger("samadapter.train")
@@ -88,6 +90,9 @@ class Worker:
     run_uri: str
     epoch: int = 0  # epochs completed
     global_step: int = 0
+    tracking_uri: Optional[str] = None  # MLflow (tracking.py): rank 0 logs into this run
+    tracking_run_id: Optional[str] = None
+    steps: List[dict] = field(default_factory=list)  # logged steps not yet in the metrics log
 
 
 def setup(config: dict) -> Worker:
@@ -114,7 +119,9 @@ def setup(config: dict) -> Worker:
     total = cfg.optim.epochs * (steps_per_epoch if cfg.optim.schedule_unit == "step" else 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s / total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.schedule))
-    return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"])
+    track = config.get("tracking") or {}
+    return Worker(cfg, model, None, optimizer, scheduler, device, bf16, rank, world, config["run_uri"],
+                  tracking_uri=track.get("uri"), tracking_run_id=track.get("run_id"))
 
 
 def restore(worker: Worker) -> bool:
@@ -181,9 +188,13 @@ def train_epoch(worker: Worker, shard) -> dict:
         loss_sum, seen, n_interval = loss_sum + loss * n, seen + n, n_interval + n
         if worker.rank == 0 and worker.global_step % cfg.run.log_every == 0:
             now = time.perf_counter()
-            log.info("epoch %d/%d step %d loss %.4f lr %.2e images/s %.1f peak mem %.2f GiB",
-                     worker.epoch + 1, cfg.optim.epochs, worker.global_step, loss, worker.optimizer.param_groups[0]["lr"],
-                     n_interval * worker.world / max(now - t_interval, 1e-9), peak_memory_gib(worker.device))
+            step = {"loss": loss, "lr": worker.optimizer.param_groups[0]["lr"],
+                    "images_per_s": n_interval * worker.world / max(now - t_interval, 1e-9),
+                    "peak_memory_gib": peak_memory_gib(worker.device)}
+            log.info("epoch %d/%d step %d loss %.4f lr %.2e images/s %.1f peak mem %.2f GiB", worker.epoch + 1,
+                     cfg.optim.epochs, worker.global_step, *step.values())
+            tracking.log_metrics(worker.tracking_uri, worker.tracking_run_id, step, worker.global_step)
+            worker.steps.append({"phase": "step", "epoch": worker.epoch + 1, "global_step": worker.global_step, **step})
             t_interval, n_interval = now, 0
     if cfg.optim.schedule_unit == "epoch":
         worker.scheduler.step()
@@ -214,6 +225,21 @@ def describe_scores(task, scores: dict) -> str:
     return "  ".join(f"{METRIC_TITLES.get(m, m)} {scores[m]:.3f}" for m in task.names)
 
 
+def record_validation(worker: Worker, record: dict) -> None:
+    """Rank 0: the steps logged since the last validation and this validation's record into
+    the metrics log (one write), its numbers to MLflow (step: the epoch), ``curves.png``
+    redrawn."""
+    append_metrics_line(worker.run_uri, *worker.steps, record)
+    worker.steps.clear()
+    tracking.log_metrics(worker.tracking_uri, worker.tracking_run_id,
+                         {k: v for k, v in record.items() if k not in ("epoch", "global_step")}, record["epoch"])
+    try:
+        storage.write_bytes(storage.join(worker.run_uri, CURVES_FILE),
+                            draw_curves(read_metrics_lines(worker.run_uri), worker.cfg.task_spec))
+    except Exception as exc:  # noqa: BLE001 - a picture is not worth a failed run
+        log.warning("curves.png not drawn: %s: %s", type(exc).__name__, exc)
+
+
 def save_checkpoint(worker: Worker, record: dict) -> None:
     """Report the epoch with a checkpoint (adapter, optimizer and schedule state, metrics)
     from rank 0; every rank reports."""
@@ -223,7 +249,7 @@ def save_checkpoint(worker: Worker, record: dict) -> None:
     if worker.rank != 0:
         ray.train.report(record)
         return
-    append_metrics_line(worker.run_uri, {"phase": "validation", **record})
+    record_validation(worker, {"phase": "validation", **record})
     with tempfile.TemporaryDirectory() as tmp:
         storage.write_bytes(os.path.join(tmp, ADAPTER_FILE),
                             weights_mod.adapter_bytes(worker.model, {"epoch": str(worker.epoch), "run": worker.cfg.run.name,
@@ -264,7 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
                      cfg.data.val_split)
         before = run_validation(worker, val_shard)
         if worker.rank == 0:
-            append_metrics_line(worker.run_uri, {"epoch": 0, "phase": "before training", **before})
+            record_validation(worker, {"epoch": 0, "phase": "before training", "global_step": 0, **before})
             log.info("before training: %s", describe_scores(cfg.task_spec, before))
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 

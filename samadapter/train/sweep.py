@@ -34,11 +34,12 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 
-from .. import storage
+from .. import storage, tracking
 from ..ray_session import connect
 from .. import config as settings
 from ..config import option
@@ -170,7 +171,8 @@ def trial_run_name(params: Dict[str, Any], suffix: str = "") -> str:
     return slug + (f"-{suffix}" if suffix else "")
 
 
-def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool) -> None:
+def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search: bool,
+              parent_run_id: Optional[str] = None) -> None:
     """One Tune trial: the base recipe with ``params``, trained with Ray Train under the
     sweep; Train's reports reach Tune as they happen, then the best validation."""
     import ray.tune
@@ -181,7 +183,7 @@ def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search:
     suffix = ray.tune.get_context().get_trial_id() if random_search else ""
     cfg = apply_params(TrainConfig.from_dict(copy.deepcopy(base)), params).with_values(
         {"run.storage": sweep_uri, "run.name": trial_run_name(params, suffix)})
-    outcome = run_training(cfg, progress=False, callbacks=[TuneReportCallback()])
+    outcome = run_training(cfg, progress=False, callbacks=[TuneReportCallback()], parent_run_id=parent_run_id)
     if not outcome.validations:
         raise RuntimeError(f"run {outcome.run_uri} recorded no validation")
     task = cfg.task_spec
@@ -194,6 +196,8 @@ def run_trial(params: Dict[str, Any], base: dict, sweep_uri: str, random_search:
         "train_seconds": sum(r.get("train_seconds", 0.0) for r in outcome.validations),
         "run_uri": outcome.run_uri,
         "best_checkpoint": outcome.best_checkpoint or "",
+        "tracking_uri": outcome.tracking_uri or "",
+        "tracking_run_id": outcome.tracking_run_id or "",
     })
 
 
@@ -223,6 +227,16 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
     sweep_uri = storage.join(root, spec.sweep_name())
     base_cfg.data.dataset = _absolute(ensure_embedded_dataset(base_cfg))  # once, not per trial
     base_cfg = base_cfg.with_task_resolved()  # the sweep's metric is the task's
+    track_uri = tracking.default_uri(base_cfg.run.tracking_uri, root, storage.is_local(root))
+    parent_run_id = None
+    if track_uri:  # one parent run; each trial a run nested under it, in the same store
+        base_cfg.run.tracking_uri = track_uri
+        parent_run_id = tracking.open_run(track_uri, base_cfg.run.experiment, spec.sweep_name(),
+                                          {**tracking.flatten({"grid": spec.grid}), "search": spec.search,
+                                           "num_samples": str(spec.num_samples)},
+                                          {"samadapter.sweep_uri": sweep_uri, "task": base_cfg.task})
+        if parent_run_id:
+            log.info("tracking: %s (MLflow parent run %s)", track_uri, parent_run_id)
     base = base_cfg.to_dict()
     connect()
     grid_size = 1
@@ -233,7 +247,8 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
     concurrent = spec.max_concurrent or default_max_concurrent(base_cfg, num_trials)
     log.info("sweep %s: %d trials, at most %d at once, under %s", spec.sweep_name(), num_trials, concurrent, sweep_uri)
 
-    trainable = tune.with_parameters(run_trial, base=base, sweep_uri=sweep_uri, random_search=spec.search == "random")
+    trainable = tune.with_parameters(run_trial, base=base, sweep_uri=sweep_uri, random_search=spec.search == "random",
+                                     parent_run_id=parent_run_id)
     fs, path = storage.pyarrow_filesystem(sweep_uri)
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_RESOURCES),
@@ -249,9 +264,19 @@ def run_sweep(spec: SweepSpec, storage_uri: Optional[str] = None) -> Dict[str, s
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
         else:
-            row.update({k: v for k, v in result.metrics.items() if k.startswith(("best_", "before_")) or k in ("train_seconds", "run_uri")})
+            row.update({k: v for k, v in result.metrics.items()
+                        if k.startswith(("best_", "before_")) or k in ("train_seconds", "run_uri", "tracking_uri",
+                                                                      "tracking_run_id")})
         rows.append(row)
-    return write_results(sweep_uri, rank(rows, base_cfg.task_spec), base, spec)
+    uris = write_results(sweep_uri, rank(rows, base_cfg.task_spec), base, spec)
+    if parent_run_id:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [os.path.join(tmp, name) for name in (RESULTS_MD, CHART_PNG)]
+            for f in files:
+                storage.write_bytes(f, storage.read_bytes(uris[os.path.basename(f)]))
+            tracking.log_artifacts(track_uri, parent_run_id, files)
+        tracking.end_run(track_uri, parent_run_id)
+    return uris
 
 
 def rank(rows: List[dict], task: Task) -> List[dict]:
@@ -267,44 +292,54 @@ def results_table(rows: List[dict], task: Task) -> str:
     rows = rank(rows, task)
     names = task.names
     head = ("| trial | " + " | ".join(METRIC_TITLES[m] for m in names)
-            + f" | best epoch | before {METRIC_TITLES[task.select_by]} | train s |")
-    lines = [head, "|---|" + "---:|" * (len(names) + 3)]
+            + f" | best epoch | before {METRIC_TITLES[task.select_by]} | train s | MLflow run |")
+    lines = [head, "|---|" + "---:|" * (len(names) + 3) + "---|"]
     for r in rows:
         if r["error"]:
-            lines.append(f"| {r['trial']} | failed: {r['error']} |" + " |" * (len(names) + 2))
+            lines.append(f"| {r['trial']} | failed: {r['error']} |" + " |" * (len(names) + 3))
             continue
         before = r.get(f"before_{task.select_by}")
         lines.append(
             f"| {r['trial']} | " + " | ".join(f"{r[f'best_{m}']:.3f}" for m in names)
             + f" | {r['best_epoch']} | {'' if before is None else f'{before:.3f}'} | {r.get('train_seconds', 0):.0f} |"
+            + f" {run_link(r.get('tracking_uri'), r.get('tracking_run_id'))} |"
         )
     return "\n".join(lines)
 
 
+def run_link(uri: Optional[str], run_id: Optional[str]) -> str:
+    """A trial's MLflow run in a Markdown cell: a link into the tracking server's UI where it
+    has one (http), else the run id."""
+    if not run_id:
+        return ""
+    if uri and uri.startswith(("http://", "https://")):
+        return f"[{run_id[:8]}]({uri.rstrip('/')}/#/runs/{run_id})"
+    return f"`{run_id}`"
+
+
 def bar_chart(rows: List[dict], metric: str) -> bytes:
-    """A PNG of horizontal bars (length relative to the largest), one per finished trial,
-    of ``best_<metric>``, in the given (ranked) order."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A PNG (matplotlib, headless) of horizontal bars, one per finished trial, of
+    ``best_<metric>``, in the given (ranked) order: the best on top, in another colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
 
     from ..metrics import METRIC_TITLES
 
     done = [r for r in rows if not r["error"]]
-    font = ImageFont.load_default()
-    label_w = max([int(font.getlength(r["trial"])) for r in done] + [60]) + 16
-    bar_w, row_h, top = 360, 22, 30
-    img = Image.new("RGB", (label_w + bar_w + 60, top + row_h * max(len(done), 1) + 10), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((8, 8), f"best {METRIC_TITLES.get(metric, metric)} per trial (best first)", fill="black", font=font)
-    top_value = max([abs(float(r[f"best_{metric}"])) for r in done] + [1e-12])
-    for i, r in enumerate(done):
-        y = top + i * row_h
-        value = float(r[f"best_{metric}"])
-        length = int(bar_w * max(0.0, value) / top_value)
-        draw.text((8, y + 4), r["trial"], fill="black", font=font)
-        draw.rectangle([label_w, y + 3, label_w + length, y + row_h - 3], fill=(70, 110, 180) if i else (220, 120, 40))
-        draw.text((label_w + length + 4, y + 4), f"{value:.3f}", fill="black", font=font)
+    fig = Figure(figsize=(8, 1.2 + 0.4 * max(len(done), 1)), dpi=100)
+    ax = fig.subplots()
+    values = [float(r[f"best_{metric}"]) for r in done]
+    bars = ax.barh(range(len(done)), values, color=["#dc7828"] + ["#466eb4"] * (len(done) - 1))
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.set_yticks(range(len(done)), [r["trial"] for r in done], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"best {METRIC_TITLES.get(metric, metric)} per trial (best first)", fontsize=10)
+    ax.margins(x=0.15)
+    fig.tight_layout()
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
