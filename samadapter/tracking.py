@@ -36,6 +36,8 @@ _failed: set = set()  # tracking URIs that failed in this process: warned once, 
 def client(uri: str):
     for key, value in _CLIENT_ENV.items():
         os.environ.setdefault(key, value)
+    for name in ("mlflow", "alembic"):  # their INFO lines (a local store's migrations) in the job log
+        logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

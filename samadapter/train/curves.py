@@ -13,8 +13,11 @@ from ..metrics import METRIC_TITLES
 def draw_curves(lines: List[dict], task) -> bytes:
     """PNG bytes of the curves of ``lines`` (``checkpoints.read_metrics_lines``: phases
     ``step``, ``before training``, ``validation``) in ``task``'s metrics."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # (its font cache's INFO lines in the job log)
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
