@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from samadapter.data.transforms import BAD_LABELS, decode_sample, encode_label_png, low_res_labels, resize_mask
+from samadapter.data.labels import encode_label_png, low_res_labels
+from samadapter.data.transforms import BAD_LABELS, decode_sample, resize_mask
 from samadapter.metrics import MulticlassMetrics
 from samadapter.modeling import build_model
 from samadapter.modeling.weights import CheckpointError

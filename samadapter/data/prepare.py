@@ -11,7 +11,8 @@ from typing import Optional
 from ..progress import progress as show_progress
 from .records import DEFAULT_SHARD_MB, DatasetWriter, Sample
 from .sources import Candidate, SourceListing
-from .transforms import DEFAULT_MAX_PIXELS, decode_sample, encode_label_png, encode_mask_png
+from .labels import encode_label_png
+from .transforms import DEFAULT_MAX_PIXELS, decode_sample, encode_mask_png
 
 log = logging.getLogger(__name__)
 

@@ -203,7 +203,8 @@ def synthetic_listing(num_train: int, num_test: int, size: int = 256, seed: int 
     """Synthetic scenes of ``kind`` (camouflage, shadow, polyp; generated lazily,
     deterministic from the seed)."""
     from .synthetic import SCENE_CLASSES, SCENES, encode_jpeg
-    from .transforms import encode_label_png, encode_mask_png
+    from .labels import encode_label_png
+    from .transforms import encode_mask_png
 
     if kind not in SCENES:
         raise ValueError(f"unknown synthetic scene kind {kind!r}; choose one of {sorted(SCENES)}")

@@ -18,7 +18,8 @@ from PIL import Image
 
 from .. import storage
 from ..data.reading import iter_records
-from ..data.transforms import class_colours, decode_sample, thumbnail
+from ..data.labels import class_colours
+from ..data.transforms import decode_sample, thumbnail
 from ..metrics import format_table
 from ..progress import progress
 from ..segment.layout import output_key

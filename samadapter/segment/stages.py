@@ -24,9 +24,9 @@ from PIL import Image
 
 from .. import storage
 from ..data.transforms import (
-    NOT_AN_IMAGE, OK, ZERO_BYTES, class_colours, decode_image, encode_png, low_res_labels, low_res_mask, low_res_probs,
-    resize_for_model, resized_size,
+    NOT_AN_IMAGE, OK, ZERO_BYTES, decode_image, encode_png, low_res_mask, low_res_probs, resize_for_model, resized_size,
 )
+from ..data.labels import class_colours, low_res_labels
 from . import layout, ledger
 from .listing import PENDING, SNIFF
 

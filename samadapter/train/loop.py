@@ -225,14 +225,18 @@ def describe_scores(task, scores: dict) -> str:
     return "  ".join(f"{METRIC_TITLES.get(m, m)} {scores[m]:.3f}" for m in task.names)
 
 
+# MLflow keys logged at the global step; a validation's record is logged at its epoch without them
+_STEP_SERIES = ("epoch", "global_step", "loss", "lr", "images_per_s", "peak_memory_gib")
+
+
 def record_validation(worker: Worker, record: dict) -> None:
     """Rank 0: the steps logged since the last validation and this validation's record into
     the metrics log (one write), its numbers to MLflow (step: the epoch), ``curves.png``
     redrawn."""
     append_metrics_line(worker.run_uri, *worker.steps, record)
     worker.steps.clear()
-    tracking.log_metrics(worker.tracking_uri, worker.tracking_run_id,
-                         {k: v for k, v in record.items() if k not in ("epoch", "global_step")}, record["epoch"])
+    per_epoch = {k: v for k, v in record.items() if k not in _STEP_SERIES}  # (lr, images/s: the step series')
+    tracking.log_metrics(worker.tracking_uri, worker.tracking_run_id, per_epoch, record["epoch"])
     try:
         storage.write_bytes(storage.join(worker.run_uri, CURVES_FILE),
                             draw_curves(read_metrics_lines(worker.run_uri), worker.cfg.task_spec))
