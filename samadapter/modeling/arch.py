@@ -19,6 +19,8 @@ PROMPT_PREFIX = "image_encoder.prompt_generator."
 DECODER_PREFIX = "mask_decoder."
 UNUSED_DECODER_PREFIX = "mask_decoder.iou_prediction_head."
 ADAPTER_PREFIXES = (PROMPT_PREFIX, DECODER_PREFIX)
+# SAM 2's decoder also has an object-score head, unused by a single prompt-free mask
+UNUSED_SAM2_DECODER_PREFIXES = (UNUSED_DECODER_PREFIX, "mask_decoder.pred_obj_score_head.")
 
 
 @dataclass
@@ -165,10 +167,121 @@ ARCHS = {
 }
 
 
-def arch_config(arch: str, **overrides) -> ArchConfig:
-    """The registry entry ``arch`` with ``overrides`` applied (any ArchConfig field)."""
+@dataclass
+class Sam2ArchConfig:
+    """Every size of a SAM2-Adapter model: SAM 2's Hiera image encoder (frozen), prompts into
+    every Hiera block at its stage's width and resolution (``hiera.py``), SAM 2's mask decoder
+    with its high-resolution features. The fields are those of SAM 2's released configs
+    (``sam2.1_hiera_*.yaml``); ``family`` tells the registry's two kinds apart."""
+
+    name: str = "sam2_custom"
+    family: str = "sam2"
+    sam2_version: str = "2.1"  # the released weights meant: "2" or "2.1" (checked against the file)
+    img_size: int = 1024
+    embed_dim: int = 96  # stage 1's width; doubled at every later stage
+    num_heads: int = 1  # stage 1's heads; doubled at every later stage
+    stages: Tuple[int, ...] = (1, 2, 7, 2)
+    global_attn_blocks: Tuple[int, ...] = (5, 7, 9)
+    window_spec: Tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg: Tuple[int, ...] = (7, 7)
+    out_chans: int = 256  # the FPN's and the decoder's width
+    # prompt generator: width d_k = stage width / scale_factor per stage; sources as for vit_*
+    scale_factor: int = 8
+    knowledge: Tuple[Dict[str, Any], ...] = DEFAULT_KNOWLEDGE
+    learnable_weights: bool = False
+    num_classes: int = 1
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("stages", "global_attn_blocks", "window_spec", "window_pos_embed_bkg"):
+            setattr(self, f, tuple(int(i) for i in getattr(self, f)))
+        if self.family != "sam2":
+            raise ValueError(f"family {self.family!r}: a SAM 2 architecture has family 'sam2'")
+        self.sam2_version = str(self.sam2_version)
+        if self.sam2_version not in ("2", "2.1"):
+            raise ValueError(f"sam2_version {self.sam2_version!r}: choose 2 or 2.1")
+        if len(self.stages) != 4 or len(self.window_spec) != 4:
+            raise ValueError("stages and window_spec have one entry per Hiera stage (4)")
+        if self.img_size % 32:
+            raise ValueError(f"img_size {self.img_size} must be a multiple of 32 (Hiera's last stage is 1/32)")
+        bad = [i for i in self.global_attn_blocks if not 0 <= i < sum(self.stages)]
+        if bad:
+            raise ValueError(f"global_attn_blocks {bad} are outside 0..{sum(self.stages) - 1}")
+        if self.embed_dim % self.scale_factor:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by scale_factor {self.scale_factor}")
+        if self.knowledge is not DEFAULT_KNOWLEDGE:
+            from .knowledge import normalize_knowledge
+
+            self.knowledge = normalize_knowledge(self.knowledge)
+        if self.num_classes != 1:
+            raise ValueError(f"num_classes {self.num_classes}: SAM 2 architectures segment one foreground mask "
+                             "(num_classes 1); several classes are built for the vit_* family")
+
+    @property
+    def stage_dims(self) -> Tuple[int, ...]:
+        return tuple(self.embed_dim * 2 ** k for k in range(4))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for f in ("stages", "global_attn_blocks", "window_spec", "window_pos_embed_bkg"):
+            d[f] = list(d[f])
+        d["knowledge"] = [dict(e) for e in self.knowledge]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sam2ArchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _sam2(name: str, **fields) -> Sam2ArchConfig:
+    return Sam2ArchConfig(name=name, **fields)
+
+
+# SAM 2 and 2.1 (Meta's configs sam2{,.1}_hiera_{t,s,b+,l}.yaml): the image encoder and decoder
+# have the same shapes in both; the variant is told by the checkpoint (sam2_weights.py)
+ARCHS.update({
+    "sam2_hiera_t": _sam2("sam2_hiera_t", stages=(1, 2, 7, 2), global_attn_blocks=(5, 7, 9)),
+    "sam2_hiera_s": _sam2("sam2_hiera_s", stages=(1, 2, 11, 2), global_attn_blocks=(7, 10, 13)),
+    "sam2_hiera_b+": _sam2("sam2_hiera_b+", embed_dim=112, num_heads=2, stages=(2, 3, 16, 3),
+                           global_attn_blocks=(12, 16, 20), window_pos_embed_bkg=(14, 14)),
+    "sam2_hiera_l": _sam2("sam2_hiera_l", embed_dim=144, num_heads=2, stages=(2, 6, 36, 4),
+                          global_attn_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8)),
+    # Debug size: random, runs on CPU in the tests and the embedded default.
+    "sam2_tiny": _sam2("sam2_tiny", img_size=256, embed_dim=16, stages=(1, 1, 2, 1), global_attn_blocks=(3,),
+                       window_spec=(8, 4, 4, 2), window_pos_embed_bkg=(4, 4), out_chans=64, scale_factor=4,
+                       decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64),
+})
+
+
+def is_sam2(arch: str) -> bool:
+    """Whether a registry name is of the SAM 2 family."""
+    return isinstance(ARCHS.get(arch), Sam2ArchConfig)
+
+
+def config_from_dict(d: dict):
+    """The architecture config (either family) that ``to_dict`` wrote, by its ``name``."""
+    cls = Sam2ArchConfig if d.get("family") == "sam2" else ArchConfig
+    return cls.from_dict(d)
+
+
+def arch_config(arch: str, **overrides):
+    """The registry entry ``arch`` with ``overrides`` applied (any field of its config class)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    if is_sam2(arch):
+        known = {f.name for f in dataclasses.fields(Sam2ArchConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture overrides {unknown} for {arch}; known fields: "
+                             f"{sorted(known - {'name', 'family'})}")
+        return dataclasses.replace(ARCHS[arch], **overrides)
     overrides = with_legacy_knowledge(dict(overrides))
     known = {f.name for f in dataclasses.fields(ArchConfig)}
     unknown = sorted(set(overrides) - known)

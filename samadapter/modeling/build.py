@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
 from torch import nn
 
-from .arch import ARCHS, ArchConfig, arch_config  # noqa: F401 - re-exported
+from .arch import ARCHS, ArchConfig, Sam2ArchConfig, arch_config  # noqa: F401 - re-exported
 from .attention import set_attention
 from .encoder import AdaptedImageEncoder
 from .resize import native_zero_tables
@@ -88,6 +88,10 @@ def build_from_config(cfg: ArchConfig, base_on_meta: bool = False) -> SamAdapter
     and no initialisation, for ``load_sam_checkpoint(..., assign=True)`` to fill; the
     adapter's prompt generator is initialised on the CPU exactly as in a full build (the
     base's random draws are replayed, not kept)."""
+    if isinstance(cfg, Sam2ArchConfig):
+        from .sam2_adapter import build_sam2
+
+        return build_sam2(cfg, base_on_meta=base_on_meta)
     emb = cfg.embedding_size
     base = contextlib.ExitStack()
     if base_on_meta:
@@ -151,9 +155,11 @@ def build_model(
     """Build a SAM-Adapter model.
 
     Args:
-        arch: ``vit_h``, ``vit_l``, ``vit_b`` or ``tiny``.
+        arch: ``vit_h``, ``vit_l``, ``vit_b`` or ``tiny`` (SAM); ``sam2_hiera_t``, ``_s``, ``_b+``,
+            ``_l`` or ``sam2_tiny`` (SAM 2: ``sam2_adapter.py``).
         sam_checkpoint: path or fsspec URI of official SAM weights (``sam_vit_*.pth`` key
-            layout, or the same keys as ``.safetensors``). Without it (and without a
+            layout, or the same keys as ``.safetensors``); for SAM 2 Meta's ``sam2{,.1}_hiera_*.pt``
+            or the transformers library's layout (``sam2_weights.py``). Without it (and without a
             reference checkpoint) the base is randomly initialised from ``init_seed``.
         adapter_checkpoint: an adapter checkpoint written by ``save_adapter``; loaded
             after the base weights and checked against them.
@@ -176,12 +182,21 @@ def build_model(
             raise ValueError("reference_checkpoint needs reference_layout=True (the reference's token layout)")
         overrides["reference_layout"] = True
     cfg = arch_config(arch, **overrides)
+    sam2 = isinstance(cfg, Sam2ArchConfig)
+    if sam2 and reference_checkpoint is not None:
+        raise ValueError("reference_checkpoint imports the SAM-Adapter reference implementation's vit_* models; "
+                         f"{arch} is a SAM 2 architecture")
     # with SAM's weights, the base is never initialised only to be overwritten: it is laid
     # out on `meta` and takes the checkpoint's tensors (memory-mapped when the file allows)
     on_meta = sam_checkpoint is not None and reference_checkpoint is None
     model = build_from_config(cfg, base_on_meta=on_meta)
-    set_attention(model, attention, cfg.window_size)
-    if sam_checkpoint is not None:
+    if not sam2:  # (SAM 2's Hiera attends with SDPA, the library's)
+        set_attention(model, attention, cfg.window_size)
+    if sam_checkpoint is not None and sam2:
+        from .sam2_weights import load_sam2_checkpoint
+
+        load_sam2_checkpoint(model, sam_checkpoint, assign=on_meta)
+    elif sam_checkpoint is not None:
         weights.load_sam_checkpoint(model, sam_checkpoint, assign=on_meta)
     if reference_checkpoint is not None:
         weights.load_reference_checkpoint(model, reference_checkpoint)
@@ -250,7 +265,14 @@ def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = N
             raise weights.CheckpointError(f"{sam_checkpoint}: no such file (--sam-checkpoint)")
         arch = dict(config)
         name = arch.pop("name")
+        cfg = arch_config(name, **arch)
+        if isinstance(cfg, Sam2ArchConfig):
+            from .sam2_weights import check_sam2_checkpoint
+
+            check_sam2_checkpoint(build_from_config(cfg, base_on_meta=True), sam_checkpoint,
+                                  storage.local_copy(sam_checkpoint))
+            return config
         with torch.device("meta"):
-            model = build_from_config(arch_config(name, **arch))
+            model = build_from_config(cfg)
         weights.check_sam_checkpoint(model, sam_checkpoint, storage.local_copy(sam_checkpoint))
     return config

@@ -88,13 +88,16 @@ class SamAdapter(nn.Module):
         self.freeze()
 
     # ----------------------------------------------------------------- parameters
-    @staticmethod
-    def is_trainable_name(name: str) -> bool:
+    # the decoder's parts a prompt-free single mask never reads: frozen
+    UNUSED_PREFIXES: Tuple[str, ...] = (UNUSED_DECODER_PREFIX,)
+
+    @classmethod
+    def is_trainable_name(cls, name: str) -> bool:
         """Whether a parameter (by state-dict name) is trained: prompt generator + decoder
-        without its unused IoU head."""
+        without its unused heads."""
         if name.startswith(PROMPT_PREFIX):
             return True
-        return name.startswith(DECODER_PREFIX) and not name.startswith(UNUSED_DECODER_PREFIX)
+        return name.startswith(DECODER_PREFIX) and not name.startswith(cls.UNUSED_PREFIXES)
 
     def freeze(self) -> None:
         """Freeze everything but the prompt generator and the mask decoder (minus IoU head)."""
