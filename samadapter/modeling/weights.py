@@ -19,7 +19,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from .. import storage
-from .arch import ARCHS, ArchConfig
+from .arch import ARCHS, ArchConfig, config_from_dict
 from .classes import extend_mask_tokens
 from .knowledge import describe_knowledge
 from .resize import describe as describe_resize
@@ -89,7 +89,7 @@ def _describe_checkpoint(sd: Dict[str, torch.Tensor]) -> Optional[str]:
     depth = len({m.group(1) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
     pos = sd.get("image_encoder.pos_embed")
     img_size = pos.shape[1] * proj.shape[-1] if pos is not None else None
-    fits = [n for n, a in ARCHS.items() if a.embed_dim == embed_dim and a.depth == depth]
+    fits = [n for n, a in ARCHS.items() if isinstance(a, ArchConfig) and a.embed_dim == embed_dim and a.depth == depth]
     desc = f"embed_dim {embed_dim}, depth {depth}" + (f", img_size {img_size}" if img_size else "")
     if fits:
         extra = f", img_size={img_size}" if img_size and img_size != ARCHS[fits[0]].img_size else ""
@@ -297,7 +297,7 @@ def load_adapter(model: SamAdapter, uri: str) -> Dict[str, str]:
     tensors, meta = read_adapter(uri)
     saved_cfg = json.loads(meta.get("config", "{}"))
     try:  # adapter files from before knowledge sources record the legacy fields
-        saved_cfg = ArchConfig.from_dict(saved_cfg).to_dict()
+        saved_cfg = config_from_dict(saved_cfg).to_dict()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{uri}: its architecture config cannot be read ({exc})") from None
     ignore = {"name", "init_seed", "knowledge", "img_size"}  # another input size: a warning below
