@@ -16,9 +16,9 @@ from samadapter.ops import to_model_input
 ort = pytest.importorskip("onnxruntime")
 
 
-def _adapter(tmp_path, **overrides):
+def _adapter(tmp_path, arch="tiny", **overrides):
     torch.manual_seed(0)
-    model = build_model("tiny", **overrides).eval()
+    model = build_model(arch, **overrides).eval()
     with torch.no_grad():  # a trained-looking adapter: not the init
         for p in model.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -69,3 +69,11 @@ def test_export_of_a_three_class_adapter(tmp_path, capsys):
     adapter, path = _adapter(tmp_path, num_classes=3), str(tmp_path / "classes.onnx")
     assert main(["--checkpoint", adapter, "--output", path]) == 0
     assert "ok; output (3, 3, 64, 64)" in capsys.readouterr().out
+
+
+def test_export_of_a_sam2_adapter(tmp_path, capsys):
+    """SAM2-Adapter exports the same way: one graph, checked in onnxruntime."""
+    adapter, path = _adapter(tmp_path, "sam2_tiny"), str(tmp_path / "sam2.onnx")
+    assert main(["--checkpoint", adapter, "--output", path]) == 0
+    out = capsys.readouterr().out
+    assert "(sam2_tiny, input 256)" in out and "ok; output (3, 1, 64, 64)" in out
