@@ -184,3 +184,11 @@ def test_the_registry_holds_both_families():
         arch_config("sam2_tiny", num_classes=3)
     with pytest.raises(ValueError, match="unknown architecture overrides"):
         arch_config("sam2_tiny", depth=3)
+
+
+def test_the_check_against_meta_code_needs_a_checkout(tmp_path, capsys):
+    """`jobs/benchmark.py vs-sam2` imports Meta's code only from a checkout the user gives."""
+    from samadapter.jobs.benchmark import main
+
+    assert main(["vs-sam2", "--reference", str(tmp_path), "--json", str(tmp_path / "out.json")]) == 2
+    assert f"{tmp_path}: no sam2/build_sam.py" in capsys.readouterr().err

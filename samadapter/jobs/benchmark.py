@@ -3,6 +3,7 @@
     python jobs/benchmark.py model --arch vit_b --img-size 512,1024 --batch-sizes 1 --attention original fast
     python jobs/benchmark.py train-step --arch vit_b --img-size 1024 --batch-size 1
     python jobs/benchmark.py vs-reference --reference ~/src/SAM-Adapter-PyTorch --arch vit_b --img-size 1024
+    python jobs/benchmark.py vs-sam2 --reference ~/src/sam2 --arch sam2_hiera_t
     python jobs/benchmark.py pipeline --arch tiny --images 64 --batch-size 4
     python jobs/benchmark.py stages --megapixels 1.2,4.3,12
     python jobs/benchmark.py plan --keys 250000,1000000,4000000
@@ -27,7 +28,9 @@ size: seconds and the driver's peak RSS. `stages` gives CPU ms per image of each
 of the segment job and the bytes between stages, by photo size (one core). `vs-reference`
 times the image encoder's training pass (forward + backward, adapter parameters trainable)
 of ours against the reference implementation's, imported from a checkout you give; fresh
-processes take turns. `cold-start` gives the seconds from nothing to a model ready (SAM's
+processes take turns. `vs-sam2` runs SAM2-Adapter with its prompts at zero against Meta's SAM 2
+code (a checkout you give) on the same random weights saved as a Meta checkpoint: the largest
+difference of the features and logits, and seconds per image of each. `cold-start` gives the seconds from nothing to a model ready (SAM's
 weights given, every weight read once) beside the seconds of reading the checkpoint file
 alone and of the old way (initialise everything, then copy the file in); the checkpoint, of
 the arch's shapes, is made on the fly.
@@ -54,7 +57,7 @@ from samadapter.config import ConfigError, option
 class Common:
     """What every mode takes."""
 
-    arch: str = option("tiny", "vit_h, vit_l, vit_b or tiny")
+    arch: str = option("tiny", "vit_h, vit_l, vit_b, tiny; sam2_hiera_t/s/b+/l, sam2_tiny")
     img_size: Optional[int] = option(None, "input size (default: the arch's)")
     warmup: Optional[int] = option(None, "untimed runs first (default: the mode's)")
     repeats: Optional[int] = option(None, "timed runs; the median is reported (default: the mode's)")
@@ -66,7 +69,8 @@ class ModelBench(Common):
     """Encoder + decoder images/s, seconds and peak memory per image, TFLOP/s; several archs
     and input sizes side by side (--arch vit_b --img-size 512,1024)."""
 
-    arch: List[str] = option(help="archs, side by side (vit_h, vit_l, vit_b, tiny)", factory=lambda: ["tiny"])
+    arch: List[str] = option(help="archs, side by side (vit_h, vit_l, vit_b, tiny; sam2_hiera_t/s/b+/l, sam2_tiny)",
+                             factory=lambda: ["tiny"])
     img_size: List[int] = option(help="input sizes, side by side (default: each arch's own; SAM's 1024 weights also "
                                       "run at 512 and 768)", factory=list)
     batch_sizes: List[int] = option(help="batch sizes", factory=lambda: [1])
@@ -92,6 +96,17 @@ class ReferenceBench(Common):
     attention: List[str] = option(help="our attention paths", factory=lambda: ["original", "fast"],
                                   choices=("original", "fast"))
     rounds: int = option(3, "rounds in which every implementation runs once")
+
+
+@dataclass(kw_only=True)
+class Sam2ReferenceBench(Common):
+    """SAM2-Adapter with zero prompts against Meta's SAM 2 code on the same weights: differences and seconds."""
+
+    arch: str = option("sam2_hiera_t", "a released SAM 2 size", choices=("sam2_hiera_t", "sam2_hiera_s",
+                                                                          "sam2_hiera_b+", "sam2_hiera_l"))
+    reference: str = option(help="a checkout of facebookresearch/sam2 (pip install hydra-core iopath)")
+    sam2_version: str = option("2.1", "the release's config", choices=("2", "2.1"))
+    batch_size: int = option(1, "images per call")
 
 
 @dataclass(kw_only=True)
@@ -142,7 +157,8 @@ class ColdStartBench(Common):
     threads: Optional[int] = option(None, "torch threads (default: every core)")
 
 
-MODES = {"model": ModelBench, "train-step": TrainStepBench, "vs-reference": ReferenceBench, "pipeline": PipelineBench,
+MODES = {"model": ModelBench, "train-step": TrainStepBench, "vs-reference": ReferenceBench, "vs-sam2": Sam2ReferenceBench,
+         "pipeline": PipelineBench,
          "stages": StagesBench, "train-epoch": TrainEpochBench, "plan": PlanBench, "cold-start": ColdStartBench}
 
 
@@ -211,6 +227,16 @@ def main(argv=None) -> int:
             return status
         cols = ["arch", "img_size", "batch", "device", "impl", "trainable_params", "median_s", "min_s", "max_s",
                 "peak_mem_gib", "vs_reference"]
+    elif mode == "vs-sam2":
+        from samadapter.cli import guarded
+        from samadapter.bench.sam2_reference import bench_vs_sam2
+
+        rows, status = guarded(lambda: bench_vs_sam2(args.reference, args.arch, args.batch_size, args.sam2_version,
+                                                     repeats=args.repeats or 3), (FileNotFoundError, ImportError))
+        if status is not None:
+            return status
+        cols = ["arch", "sam2_version", "img_size", "batch", "impl", "seconds_per_image", "max_abs_diff_features",
+                "max_abs_diff_logits", "logit_scale"]
     elif mode == "stages":
         import torch
 
