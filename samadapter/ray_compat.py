@@ -11,6 +11,11 @@ import json
 import logging
 from typing import Dict, List, Optional, Tuple
 
+# The environment variable that sets a new head's GCS port
+# (ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE): ray.init(address="local") takes no
+# port, and a job's local Ray must be findable by address from its own processes (ray_session.py).
+GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"
+
 
 def nodes_for(autoscaler_config: dict, bundles: List[Dict[str, float]]) -> Tuple[Dict[str, int], List[Dict[str, float]]]:
     """The worker nodes Ray's autoscaler would launch for ``bundles`` on a cluster whose

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .ray_compat import train_report_logger
+from .ray_compat import GCS_PORT_VARIABLE, train_report_logger
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,34 @@ def connect(**init_kwargs) -> None:
         return
     _ray_console_at(ray_log_level())  # this driver's Ray loggers; worker_setup does the workers'
     address = os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        log.info("starting a local Ray of this job's own (RAY_ADDRESS=auto joins the cluster this machine is in)")
     runtime_env = {"worker_process_setup_hook": "samadapter.ray_session.worker_setup",
                    "env_vars": {RAY_LOG_LEVEL: ray_log_level()}}
-    ray.init(address=address, runtime_env=runtime_env, **init_kwargs)
+    if address != "local":
+        ray.init(address=address, runtime_env=runtime_env, **init_kwargs)
+        return
+    log.info("starting a local Ray of this job's own (RAY_ADDRESS=auto joins the cluster this machine is in)")
+    # Ray's own code inside the processes of this Ray (Train's PlacementGroupCleaner asks the
+    # State API for "the" Ray with no address) must find this one even when another Ray runs on
+    # the machine: its GCS port is chosen here and every process it starts inherits
+    # RAY_ADDRESS naming it. The driver's environment is restored after the start.
+    port = _free_port()
+    pinned = {GCS_PORT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in pinned}
+    os.environ.update(pinned)
+    try:
+        ray.init(address="local", runtime_env=runtime_env, **init_kwargs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

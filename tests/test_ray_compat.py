@@ -72,3 +72,11 @@ def test_the_logger_ray_train_reports_through():
 
     assert ray_compat.train_report_logger() is context.logger and context.logger.name.endswith("context.py")
     assert not context.logger.name.startswith("ray")  # outside the tree Ray Train's LoggingConfig governs
+
+
+def test_the_gcs_port_variable_is_rays():
+    from ray._private import ray_constants
+
+    from samadapter.ray_compat import GCS_PORT_VARIABLE
+
+    assert ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE == GCS_PORT_VARIABLE

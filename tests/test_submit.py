@@ -44,7 +44,11 @@ def test_ray_job_submit_train(ray_head, tmp_path):
     assert "TrainingReport(" not in out and "Execution plan of Dataset" not in out
 
 
-_WHICH_RAY = ("import ray; from samadapter.ray_session import connect; connect(); "
+# which Ray the job joined, and which Ray Ray's own code in its workers finds when it asks for
+# "the" Ray without an address (as Train's PlacementGroupCleaner does)
+_WHICH_RAY = ("import os, sys, ray; from samadapter.ray_session import connect; connect(); "
+              "from ray._private.services import canonicalize_bootstrap_address_or_die as find; "
+              "os.environ.get('RAY_ADDRESS') or print('WORKER', ray.get(ray.remote(lambda: find(None)).remote())); "
               "print('GCS', ray.get_runtime_context().gcs_address)")
 
 
@@ -67,6 +71,9 @@ def test_a_job_without_ray_address_starts_its_own_ray_beside_another():
             r = subprocess.run(["python", "-c", _WHICH_RAY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
             assert r.returncode == 0, r.stderr[-3000:]
             gcs[name] = r.stdout.split("GCS ")[-1].strip()
+            if name == "own":  # in its workers, Ray's own lookup finds the job's Ray, not "multiple active Ray
+                # instances" (the joined head's workers are the head's: `ray start` decides their environment)
+                assert r.stdout.split("WORKER ")[-1].split()[0] == gcs[name], r.stdout
         assert gcs["joined"] == head.gcs_address != gcs["own"]
     finally:
         head.stop()
