@@ -103,6 +103,7 @@ class ImageEncoderViT(nn.Module):
 """
 
 
+@pytest.mark.slow  # four child processes (~15 s): in the full suite, not the fast tier
 @pytest.mark.timeout(300)
 def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
     from samadapter.modeling.arch import arch_config
@@ -121,9 +122,13 @@ def test_vs_reference_mode_times_ours_against_a_given_checkout(tmp_path):
     assert ours["vs_reference"] == pytest.approx(ours["median_s"] / ref["median_s"])
     assert len(ref["round_medians_s"]) == len(ours["round_medians_s"]) == 2  # the two took turns, twice
 
-    r = subprocess.run([sys.executable, BENCH, "vs-reference", "--reference", str(tmp_path / "nothing"), "--arch", "tiny"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("error: no reference image encoder at") and "Traceback" not in r.stderr
+
+def test_vs_reference_without_a_checkout_is_one_line_and_status_2(tmp_path, capsys):
+    from samadapter.jobs.benchmark import main
+
+    assert main(["vs-reference", "--reference", str(tmp_path / "nothing"), "--arch", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no reference image encoder at") and "Traceback" not in err
 
 
 @pytest.mark.slow

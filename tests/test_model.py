@@ -24,7 +24,10 @@ def test_output_shapes_every_arch(arch):
 
 
 def test_prompt_width_and_injection_points():
-    model = build_model("vit_h", img_size=64)
+    from samadapter.modeling.arch import arch_config
+    from samadapter.modeling.build import build_from_config
+
+    model = build_from_config(arch_config("vit_h", img_size=64), base_on_meta=True)  # (the prompt generator is real)
     pg = model.image_encoder.prompt_generator
     assert pg.dim == 40  # 1280 / 32
     assert len(pg.tune) == 32
