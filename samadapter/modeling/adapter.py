@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, SourceDims, build_source, high_pass_filter, low_pass_filter, normalize_knowledge
+from .knowledge import (DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, SourceDims, active_sources, build_source,
+                        high_pass_filter, low_pass_filter, normalize_knowledge)
 
 __all__ = ["PromptGenerator", "high_pass_filter", "low_pass_filter"]
 
@@ -91,13 +92,8 @@ class PromptGenerator(nn.Module):
             B x H x W x d.
         """
         feats = 0
-        for j, name in enumerate(self.source_names):
-            if self.source_weights is not None:
-                weight = self.source_weights[j].to(patch_embeddings.dtype)
-            else:
-                weight = self.fixed_weights[j]
-                if weight == 0:
-                    continue
+        for name, weight in active_sources(self.source_names, self.source_weights, getattr(self, "fixed_weights", ()),
+                                           patch_embeddings.dtype):
             feats = feats + weight * self.source(name)(images, patch_embeddings)
         return feats
 

@@ -66,11 +66,7 @@ class AdaptedImageEncoder(ImageEncoderViT):
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for i, block in enumerate(self.blocks):
-            x = x + self.prompt_generator.prompt(features, i)
-            if self.checkpoint_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x + self.prompt_generator.prompt(features, i), self.checkpoint_blocks)
         return self.neck(x.permute(0, 3, 1, 2).contiguous())  # NCHW, the layout the neck always had
 
     @property
@@ -78,3 +74,11 @@ class AdaptedImageEncoder(ImageEncoderViT):
         """(H, W) of the token grid."""
         size = self.img_size // self.patch_embed.proj.kernel_size[0]
         return (size, size)
+
+
+def run_block(block: torch.nn.Module, x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """``block(x)``, under activation checkpointing when asked and gradients are on (the
+    frozen blocks' activations recomputed in backward; gradients still reach earlier prompts)."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)

@@ -28,10 +28,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .arch import Sam2ArchConfig
-from .knowledge import DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, ImageSource, SourceDims, build_source, normalize_knowledge
+from .encoder import run_block
+from .knowledge import (DEFAULT_KNOWLEDGE, KNOWLEDGE_SOURCES, ImageSource, SourceDims, active_sources, build_source,
+                        normalize_knowledge)
 
 PATCH_STRIDE = 4  # Hiera's patch embedding: a 7x7 convolution of stride 4
 
@@ -109,13 +110,8 @@ class StagePromptGenerator(nn.Module):
         for lvl in self.level_ids:
             level = self.levels[str(lvl)]
             feats = 0
-            for j, name in enumerate(self.source_names):
-                if self.source_weights is not None:
-                    weight = self.source_weights[j].to(patch_embeddings.dtype)
-                else:
-                    weight = self.fixed_weights[j]
-                    if weight == 0:
-                        continue
+            for name, weight in active_sources(self.source_names, self.source_weights,
+                                               getattr(self, "fixed_weights", ()), patch_embeddings.dtype):
                 source = getattr(level, KNOWLEDGE_SOURCES[name].ATTRIBUTE)
                 if isinstance(source, ImageSource):
                     if name not in image_features:
@@ -167,11 +163,7 @@ class AdaptedHieraEncoder(nn.Module):
         x = x + backbone._get_pos_embed(x.shape[1:3])
         stage_outputs = []
         for i, block in enumerate(backbone.blocks):
-            x = x + self.prompt_generator.prompt(features, i)
-            if self.checkpoint_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x + self.prompt_generator.prompt(features, i), self.checkpoint_blocks)
             if i in backbone.stage_ends:
                 stage_outputs.append(x)
         fpn, _ = self.neck(stage_outputs)  # low resolution first

@@ -31,7 +31,7 @@ Every source's parameters sit at a fixed attribute of the prompt generator
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -311,6 +311,16 @@ def short_name(knowledge: KnowledgeSpec) -> str:
     """``fft+embedding``: the sources of a knowledge list in shorthand (for tables)."""
     inverse = {"fft_highpass": "fft", "patch_embedding": "embedding", "fft_lowpass": "lowpass"}
     return "+".join(inverse.get(e["name"], e["name"]) for e in normalize_knowledge(knowledge))
+
+
+def active_sources(names: Sequence[str], learned: Optional[torch.Tensor], fixed: Sequence[float],
+                   dtype: torch.dtype) -> List[Tuple[str, Any]]:
+    """(name, w_j) of the sources that count in F = sum_j w_j F_j: every source with its
+    learned weight (``learned``, a parameter, when the weights are trained), else those of a
+    non-zero ``fixed`` weight (a source of weight 0 is not computed)."""
+    if learned is not None:
+        return [(name, learned[j].to(dtype)) for j, name in enumerate(names)]
+    return [(name, w) for name, w in zip(names, fixed) if w != 0]
 
 
 def build_source(entry: Dict[str, Any], dims: SourceDims) -> nn.Module:

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .arch import ARCHS, PROMPT_PREFIX, Sam2ArchConfig
-from .weights import CheckpointError, _check_keys, _load_exact, _mapped_state_dict, load_state_dict
+from .weights import CheckpointError, _check_keys, _load_exact, _mapped_state_dict, load_state_dict, tensors_to_check
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,4 @@ def load_sam2_checkpoint(model, uri: str, assign: bool = False) -> None:
 def check_sam2_checkpoint(model, uri: str, path: str) -> None:
     """``load_sam2_checkpoint``'s checks without loading the tensors' data (``model`` may live
     on ``meta``; ``path`` a local copy of ``uri``)."""
-    if not str(uri).endswith(".safetensors"):
-        _sam2_state(model, _mapped_state_dict(uri, path), uri)
-        return
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    _sam2_state(model, {k: torch.empty(v, device="meta") for k, v in shapes.items()}, uri)
+    _sam2_state(model, tensors_to_check(uri, path), uri)

@@ -222,14 +222,20 @@ def check_sam_checkpoint(model: SamAdapter, uri: str, path: str) -> None:
     device) without loading the tensors' data: the file (a local copy at ``path``) is
     memory-mapped, read with ``weights_only=True`` (nothing in it is unpickled but
     tensors), and its keys and shapes compared; a ``CheckpointError`` names ``uri``."""
+    _sam_state(model, tensors_to_check(uri, path), uri)
+
+
+def tensors_to_check(uri: str, path: str) -> Dict[str, torch.Tensor]:
+    """A checkpoint's tensors for checking keys and shapes, without reading their data: a
+    ``torch.save`` file memory-mapped (``weights_only``), a ``.safetensors`` file as ``meta``
+    tensors of its header's shapes (``path``: a local copy of ``uri``)."""
     if not str(uri).endswith(".safetensors"):
-        _sam_state(model, _mapped_state_dict(uri, path), uri)
-        return
+        return _mapped_state_dict(uri, path)
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    _sam_state(model, {k: torch.empty(v, device="meta") for k, v in shapes.items()}, uri)
+    return {k: torch.empty(v, device="meta") for k, v in shapes.items()}
 
 
 # -------------------------------------------------------------- adapter files
