@@ -192,3 +192,12 @@ def test_the_check_against_meta_code_needs_a_checkout(tmp_path, capsys):
 
     assert main(["vs-sam2", "--reference", str(tmp_path), "--json", str(tmp_path / "out.json")]) == 2
     assert f"{tmp_path}: no sam2/build_sam.py" in capsys.readouterr().err
+
+
+def test_the_cold_start_benchmark_writes_a_sam2_checkpoint_that_loads(tmp_path):
+    from samadapter.bench.cold_start import write_shaped_checkpoint
+
+    path = str(tmp_path / "sam2_tiny.pth")
+    assert write_shaped_checkpoint("sam2_tiny", path) > 0
+    model = build_model("sam2_tiny", sam_checkpoint=path)
+    assert float(model.mask_decoder.conv_s0.weight.abs().sum()) == 0.0  # the file's zeros, not an init
