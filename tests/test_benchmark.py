@@ -129,6 +129,8 @@ def test_vs_reference_without_a_checkout_is_one_line_and_status_2(tmp_path, caps
     assert main(["vs-reference", "--reference", str(tmp_path / "nothing"), "--arch", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no reference image encoder at") and "Traceback" not in err
+    assert main(["vs-reference", "--reference", str(tmp_path), "--arch", "sam2_hiera_t"]) == 2
+    assert "use vs-sam2" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -219,6 +219,11 @@ def main(argv=None) -> int:
     elif mode == "vs-reference":
         from samadapter.cli import guarded
         from samadapter.bench.reference import bench_vs_reference
+        from samadapter.modeling.arch import is_sam2
+
+        if is_sam2(args.arch):
+            print(f"error: vs-reference compares SAM-Adapter's ViT archs; for {args.arch} use vs-sam2", file=sys.stderr)
+            return 2
 
         rows, status = guarded(lambda: bench_vs_reference(
             args.reference, args.arch, img_size, args.batch_size, args.attention, rounds=args.rounds,
