@@ -237,10 +237,10 @@ def test_sam2_tiny_learns_and_the_segment_job_runs_its_adapter(ray_local, tmp_pa
     from samadapter.train.driver import run_training
 
     data = str(tmp_path / "scenes")
-    prepare_dataset(synthetic_listing(64, 8, size=112, seed=1), data, progress=False)
+    prepare_dataset(synthetic_listing(128, 8, size=112, seed=1), data, progress=False)
     cfg = TrainConfig.from_yaml("configs/local-sam2-tiny.yaml").with_overrides([
         f"data.dataset={data}", f"run.storage={tmp_path}", "run.name=sam2", f"model.overrides={{img_size: {SIZE}}}",
-        "optim.epochs=4", "optim.batch_size=4", "run.log_every=50"])
+        "optim.epochs=4", "optim.batch_size=2", "run.log_every=50"])  # 32 steps an epoch
     outcome = run_training(cfg, progress=False)
     best = max(r["s_measure"] for r in outcome.validations)
     assert best - outcome.before["s_measure"] >= 0.2, (outcome.before, outcome.validations)
