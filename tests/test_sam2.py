@@ -12,7 +12,7 @@ from samadapter.modeling import CheckpointError, build_from_adapter, build_model
 from samadapter.modeling.arch import ARCHS, arch_config, is_sam2
 from samadapter.modeling.build import build_from_config
 from samadapter.modeling.knowledge import KNOWLEDGE_SOURCES
-from samadapter.modeling.sam2_weights import check_sam2_checkpoint
+from samadapter.modeling.weights import check_sam_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # key -> shape of Meta's SAM2Base for each released config (facebookresearch/sam2, no tensor data)
@@ -105,7 +105,7 @@ def test_a_meta_checkpoint_loads_its_decoder_and_every_base_tensor(tmp_path):
     sd = {k: torch.randn(v) for k, v in OFFICIAL["sam2.1_hiera_t"].items()}
     path = str(tmp_path / "sam2.1_hiera_tiny.pt")
     torch.save({"model": sd}, path)
-    check_sam2_checkpoint(build_from_config(arch_config("sam2_hiera_t"), base_on_meta=True), path, path)
+    check_sam_checkpoint(build_from_config(arch_config("sam2_hiera_t"), base_on_meta=True), path, path)
     model = build_model("sam2_hiera_t", sam_checkpoint=path)
     own = model.state_dict()
     assert torch.equal(own["mask_decoder.transformer.layers.0.self_attn.o_proj.weight"],

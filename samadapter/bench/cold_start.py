@@ -39,8 +39,9 @@ def write_shaped_checkpoint(arch: str, path: str, **overrides) -> int:
         model = build_from_config(arch_config(arch, **overrides))
     shapes = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(PROMPT_PREFIX)}
     if is_sam2(arch):  # the library's names for the image encoder
-        shapes = {("vision_encoder." + k[len("image_encoder."):] if k.startswith("image_encoder.") else k): v
-                  for k, v in shapes.items()}
+        from ..modeling.sam2_weights import library_key
+
+        shapes = {library_key(k): v for k, v in shapes.items()}
     torch.save({k: torch.zeros(s) for k, s in shapes.items()}, path)
     return os.path.getsize(path)
 
@@ -62,12 +63,7 @@ def _case(kind: str, arch: str, path: str, overrides: dict, threads: int) -> Dic
             model = build_model(arch, sam_checkpoint=path, **overrides)
         else:
             model = build_from_config(arch_config(arch, **overrides))
-            if model.config.get("family") == "sam2":
-                from ..modeling.sam2_weights import load_sam2_checkpoint
-
-                load_sam2_checkpoint(model, path)
-            else:
-                weights.load_sam_checkpoint(model, path)
+            weights.load_sam_checkpoint(model, path)
         sum(float(t.sum()) for t in model.state_dict().values())  # every weight read, as above
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_rss_mib": _peak_rss_bytes() / 2**20}

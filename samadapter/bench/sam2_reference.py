@@ -16,13 +16,13 @@ features and of the logits, and each implementation's seconds per image.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 from typing import List
 
 import torch
+
+from .common import time_median
 
 RELEASES = {"sam2_hiera_t": "t", "sam2_hiera_s": "s", "sam2_hiera_b+": "b+", "sam2_hiera_l": "l"}
 
@@ -69,15 +69,6 @@ def _meta_forward(meta, x):
     return out["backbone_fpn"][2], logits
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench_vs_sam2(reference: str, arch: str, batch: int = 1, version: str = "2.1", repeats: int = 3) -> List[dict]:
     from ..modeling import build_model
 
@@ -98,8 +89,9 @@ def bench_vs_sam2(reference: str, arch: str, batch: int = 1, version: str = "2.1
         our_logits = ours.low_res_logits(x)
         feature_diff = float((our_feats - meta_feats).abs().max())
         logit_diff = float((our_logits - meta_logits).abs().max())
-        meta_s = _median_seconds(lambda: _meta_forward(meta, x), repeats)
-        our_s = _median_seconds(lambda: ours.low_res_logits(x), repeats)
+        cpu = torch.device("cpu")
+        meta_s = time_median(lambda: _meta_forward(meta, x), cpu, 0, repeats)["median_s"]
+        our_s = time_median(lambda: ours.low_res_logits(x), cpu, 0, repeats)["median_s"]
     common = {"arch": arch, "sam2_version": version, "img_size": img_size, "batch": batch,
               "max_abs_diff_features": feature_diff, "max_abs_diff_logits": logit_diff,
               "logit_scale": float(meta_logits.abs().max())}

@@ -71,11 +71,8 @@ class PromptGenerator(nn.Module):
         self.tune = nn.ModuleList([nn.Linear(self.dim, self.dim) for _ in range(depth)])
         self.act = nn.GELU()
         self.up = nn.Linear(self.dim, embed_dim)
-        if learnable_weights:
-            self.source_weights = nn.Parameter(torch.tensor(weights, dtype=torch.float32))
-        else:
-            self.source_weights = None
-            self.fixed_weights = weights
+        self.fixed_weights = weights  # (the initial values where the weights are learnable)
+        self.source_weights = nn.Parameter(torch.tensor(weights, dtype=torch.float32)) if learnable_weights else None
 
     def source(self, name: str) -> nn.Module:
         """The module of knowledge source ``name``."""
@@ -92,7 +89,7 @@ class PromptGenerator(nn.Module):
             B x H x W x d.
         """
         feats = 0
-        for name, weight in active_sources(self.source_names, self.source_weights, getattr(self, "fixed_weights", ()),
+        for name, weight in active_sources(self.source_names, self.source_weights, self.fixed_weights,
                                            patch_embeddings.dtype):
             feats = feats + weight * self.source(name)(images, patch_embeddings)
         return feats

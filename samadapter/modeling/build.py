@@ -192,11 +192,7 @@ def build_model(
     model = build_from_config(cfg, base_on_meta=on_meta)
     if not sam2:  # (SAM 2's Hiera attends with SDPA, the library's)
         set_attention(model, attention, cfg.window_size)
-    if sam_checkpoint is not None and sam2:
-        from .sam2_weights import load_sam2_checkpoint
-
-        load_sam2_checkpoint(model, sam_checkpoint, assign=on_meta)
-    elif sam_checkpoint is not None:
+    if sam_checkpoint is not None:
         weights.load_sam_checkpoint(model, sam_checkpoint, assign=on_meta)
     if reference_checkpoint is not None:
         weights.load_reference_checkpoint(model, reference_checkpoint)
@@ -265,14 +261,7 @@ def check_checkpoints(adapter_checkpoint: str, sam_checkpoint: Optional[str] = N
             raise weights.CheckpointError(f"{sam_checkpoint}: no such file (--sam-checkpoint)")
         arch = dict(config)
         name = arch.pop("name")
-        cfg = arch_config(name, **arch)
-        if isinstance(cfg, Sam2ArchConfig):
-            from .sam2_weights import check_sam2_checkpoint
-
-            check_sam2_checkpoint(build_from_config(cfg, base_on_meta=True), sam_checkpoint,
-                                  storage.local_copy(sam_checkpoint))
-            return config
         with torch.device("meta"):
-            model = build_from_config(cfg)
+            model = build_from_config(arch_config(name, **arch))
         weights.check_sam_checkpoint(model, sam_checkpoint, storage.local_copy(sam_checkpoint))
     return config

@@ -96,11 +96,8 @@ class StagePromptGenerator(nn.Module):
         self.tune = nn.ModuleList(
             [nn.Linear(stage_dims[lvl] // scale_factor, stage_dims[lvl] // scale_factor) for lvl in self.block_levels])
         self.act = nn.GELU()
-        if learnable_weights:
-            self.source_weights = nn.Parameter(torch.tensor(weights, dtype=torch.float32))
-        else:
-            self.source_weights = None
-            self.fixed_weights = weights
+        self.fixed_weights = weights  # (the initial values where the weights are learnable)
+        self.source_weights = nn.Parameter(torch.tensor(weights, dtype=torch.float32)) if learnable_weights else None
 
     def task_features(self, images: torch.Tensor, patch_embeddings: torch.Tensor) -> Dict[int, torch.Tensor]:
         """F_l for every level: B x H_l x W_l x d_l, from B x 3 x S x S normalised images and
@@ -111,7 +108,7 @@ class StagePromptGenerator(nn.Module):
             level = self.levels[str(lvl)]
             feats = 0
             for name, weight in active_sources(self.source_names, self.source_weights,
-                                               getattr(self, "fixed_weights", ()), patch_embeddings.dtype):
+                                               self.fixed_weights, patch_embeddings.dtype):
                 source = getattr(level, KNOWLEDGE_SOURCES[name].ATTRIBUTE)
                 if isinstance(source, ImageSource):
                     if name not in image_features:
@@ -140,11 +137,12 @@ class AdaptedHieraEncoder(nn.Module):
     ``x = block_i(x + P_i)`` (the stages' last outputs kept) -> neck -> the three FPN levels the
     decoder reads, high resolution first: B x D x S/4 x S/4, S/8, S/16 (D = out_chans)."""
 
-    def __init__(self, cfg: Sam2ArchConfig, prompt_device: Optional[str] = None) -> None:
+    def __init__(self, cfg: Sam2ArchConfig, config=None, prompt_device: Optional[str] = None) -> None:
+        """``config``: the library's ``Sam2VisionConfig`` of ``cfg`` (made from it if not given)."""
         super().__init__()
         from transformers.models.sam2.modeling_sam2 import Sam2HieraDetModel, Sam2VisionNeck
 
-        config = hf_config(cfg).vision_config
+        config = config or hf_config(cfg).vision_config
         # the prompt generator first: its random init is the seed's first draws, whether or
         # not the base after it draws anything (on `meta` it does not)
         with torch.device(prompt_device) if prompt_device else contextlib.nullcontext():

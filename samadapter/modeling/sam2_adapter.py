@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import torch
 from torch import nn
+from transformers.models.sam2.modeling_sam2 import Sam2MaskDecoder, Sam2Model, Sam2PositionalEmbedding, Sam2PromptEncoder
 
 from .arch import UNUSED_SAM2_DECODER_PREFIXES, Sam2ArchConfig
 from .hiera import AdaptedHieraEncoder, hf_config
@@ -47,8 +48,6 @@ class Sam2Adapter(SamAdapter):
 
     def decode(self, features: List[torch.Tensor]) -> torch.Tensor:
         """The encoder's three FPN levels (high resolution first) -> B x 1 x S/4 x S/4 logits."""
-        from transformers.models.sam2.modeling_sam2 import Sam2Model
-
         feat_s0, feat_s1, embeddings = features
         b = embeddings.shape[0]
         feat_s0 = self.mask_decoder.conv_s0(feat_s0)
@@ -73,14 +72,12 @@ def build_sam2(cfg: Sam2ArchConfig, base_on_meta: bool = False) -> Sam2Adapter:
     generator is drawn first from the seed, the base after it, so the adapter's init does not
     depend on whether the base is built (``base_on_meta``: laid out on the ``meta`` device
     for a checkpoint's tensors to be assigned)."""
-    from transformers.models.sam2.modeling_sam2 import Sam2MaskDecoder, Sam2PositionalEmbedding, Sam2PromptEncoder
-
     config = hf_config(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         base = torch.device("meta") if base_on_meta else contextlib.nullcontext()
         with base:
-            encoder = AdaptedHieraEncoder(cfg, prompt_device="cpu" if base_on_meta else None)
+            encoder = AdaptedHieraEncoder(cfg, config.vision_config, prompt_device="cpu" if base_on_meta else None)
             prompt_encoder = Sam2PromptEncoder(config.prompt_encoder_config)
             decoder = Sam2MaskDecoder(config.mask_decoder_config)
             shared = Sam2PositionalEmbedding(config.prompt_encoder_config)

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .arch import ARCHS, PROMPT_PREFIX, Sam2ArchConfig
-from .weights import CheckpointError, _check_keys, _load_exact, _mapped_state_dict, load_state_dict, tensors_to_check
+from .weights import CheckpointError, _check_keys, _load_exact, _mapped_state_dict, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ _META_NOT_NEEDED = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", 
                     "obj_ptr_proj.", "mask_downsample.", "obj_ptr_tpos_proj.", "no_obj_embed_spatial")
 _HF_NOT_NEEDED = ("memory_", "mask_downsample", "object_pointer_proj", "temporal_positional_encoding_projection_layer",
                   "no_memory_positional_encoding", "no_object_pointer", "occlusion_spatial_embedding_parameter")
+# the image encoder's prefix: the library's, and this model's (where the prompt generator joins it)
+LIBRARY_ENCODER, OWN_ENCODER = "vision_encoder.", "image_encoder."
+
+
+def library_key(key: str) -> str:
+    """This model's state-dict key under the library's name (the inverse of ``to_model_keys``
+    for a library-layout file)."""
+    return LIBRARY_ENCODER + key[len(OWN_ENCODER):] if key.startswith(OWN_ENCODER) else key
+
+
 # what only a SAM 2.1 file has, in either layout
 _V21_KEYS = ("no_obj_embed_spatial", "occlusion_spatial_embedding_parameter")
 
@@ -104,7 +114,7 @@ def to_model_keys(sd: Dict[str, torch.Tensor], uri: str) -> Tuple[Dict[str, torc
             if key.startswith(_HF_NOT_NEEDED):
                 skipped.append(key)
             else:
-                out[re.sub(r"^vision_encoder\.", "image_encoder.", key)] = tensor
+                out[OWN_ENCODER + key[len(LIBRARY_ENCODER):] if key.startswith(LIBRARY_ENCODER) else key] = tensor
             continue
         if key.startswith(_META_NOT_NEEDED):
             skipped.append(key)
@@ -178,8 +188,3 @@ def load_sam2_checkpoint(model, uri: str, assign: bool = False) -> None:
     log.info("%s: SAM %s weights, %d tensors loaded, %d of the video memory not needed", uri,
              variant or "2 (variant not recorded in the file)", len(mapped), len(skipped))
 
-
-def check_sam2_checkpoint(model, uri: str, path: str) -> None:
-    """``load_sam2_checkpoint``'s checks without loading the tensors' data (``model`` may live
-    on ``meta``; ``path`` a local copy of ``uri``)."""
-    _sam2_state(model, tensors_to_check(uri, path), uri)

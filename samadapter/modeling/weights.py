@@ -186,7 +186,13 @@ def load_sam_checkpoint(model: SamAdapter, uri: str, assign: bool = False) -> No
 
     A checkpoint made for another input size (SAM's are 1024) loads onto a model of this
     size: its position tables are resampled (``resize.py``).
+
+    A SAM 2 model takes SAM 2's files (``sam2_weights.py``).
     """
+    if model.config.get("family") == "sam2":
+        from .sam2_weights import load_sam2_checkpoint
+
+        return load_sam2_checkpoint(model, uri, assign=assign)
     sd, prompt_keys, resized = _sam_state(model, _mapped_state_dict(uri) if assign else load_state_dict(uri), uri)
     _load_exact(model, sd, prompt_keys, uri, assign=assign, native_tables=resized)
     if resized:
@@ -221,7 +227,13 @@ def check_sam_checkpoint(model: SamAdapter, uri: str, path: str) -> None:
     """Check official SAM weights against ``model`` (which may live on the ``meta``
     device) without loading the tensors' data: the file (a local copy at ``path``) is
     memory-mapped, read with ``weights_only=True`` (nothing in it is unpickled but
-    tensors), and its keys and shapes compared; a ``CheckpointError`` names ``uri``."""
+    tensors), and its keys and shapes compared; a ``CheckpointError`` names ``uri``. A SAM 2
+    model: SAM 2's checks (``sam2_weights.py``)."""
+    if model.config.get("family") == "sam2":
+        from .sam2_weights import _sam2_state
+
+        _sam2_state(model, tensors_to_check(uri, path), uri)
+        return
     _sam_state(model, tensors_to_check(uri, path), uri)
 
 
