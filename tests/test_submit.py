@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .rayheads import RAY, start_head
+from .rayheads import RAY, free_port, start_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,13 +25,17 @@ def ray_head():
 
 
 def test_ray_job_submit_train(ray_head, tmp_path):
+    """The documented submit path, with a tracking server that does not answer: one warning
+    line, the run goes on untracked (merged here from a test of its own: a Train run less)."""
     address, env = ray_head
+    nobody = f"http://127.0.0.1:{free_port()}"
     cmd = [
         RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
         "python", "jobs/train.py", "--config", "configs/local-tiny.yaml",
         "--set", "optim.epochs=1", "--set", "model.overrides.img_size=128",
         "--set", "data.synthetic_train=16", "--set", "data.synthetic_test=4", "--set", "data.synthetic_size=128",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--storage", str(tmp_path / "runs"), "--name", "submitted",
+        "--run.tracking-uri", nobody,
     ]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     out = r.stdout + r.stderr
@@ -42,6 +46,9 @@ def test_ray_job_submit_train(ray_head, tmp_path):
     # the job's own lines from its workers, Ray's INFO lines (report dicts, data plans) not
     assert "epoch 1: train loss" in out
     assert "TrainingReport(" not in out and "Execution plan of Dataset" not in out
+    # the unreachable tracking server: one warning naming it, no "tracking:" summary line
+    assert out.count("does not answer") == 1 and nobody in out, out[-4000:]
+    assert "tracking:          " not in out
 
 
 # which Ray the job joined, and which Ray Ray's own code in its workers finds when it asks for
