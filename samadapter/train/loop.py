@@ -175,15 +175,18 @@ def train_step(worker: Worker, batch: Dict[str, Any]) -> float:
     return loss.item()
 
 
-def train_epoch(worker: Worker, shard) -> dict:
+def train_epoch(worker: Worker, shard, fail_after_first_step: bool = False) -> dict:
     """One pass over this worker's training shard; returns the epoch's record (mean loss
-    over all workers, images/s, whether the replicas are bit-identical)."""
+    over all workers, images/s, whether the replicas are bit-identical).
+    ``fail_after_first_step``: the injected failure of recovery tests (``INJECT_FAILURE``)."""
     cfg = worker.cfg
     worker.model.train()
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
     t_interval, n_interval = t0, 0
     for batch in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="numpy", prefetch_batches=2):
         loss = train_step(worker, batch)
+        if fail_after_first_step:
+            raise RuntimeError(f"injected failure on rank {worker.rank} in epoch {worker.epoch + 1} ({INJECT_FAILURE})")
         n = len(batch["masks"])
         loss_sum, seen, n_interval = loss_sum + loss * n, seen + n, n_interval + n
         if worker.rank == 0 and worker.global_step % cfg.run.log_every == 0:
@@ -266,7 +269,11 @@ def save_checkpoint(worker: Worker, record: dict) -> None:
 
 
 # Tests of recovery set this in the workers' environment: "<run name>:<epoch>:<rank>" makes
-# that rank of that run raise once, at the start of that epoch (not again after the restart).
+# that rank of that run raise once, after its first step past that many epochs (not again
+# after the restart). After a step, not before it: the step's all-reduce waits for every rank,
+# so rank 0 has reported the last epoch's checkpoint by then. A rank that raised at once could
+# beat that report (an upload to S3 takes a while), and the group would restart from the
+# checkpoint before it, training the epoch twice, and in the test fail again.
 INJECT_FAILURE = "SAMADAPTER_INJECT_FAILURE"
 
 
@@ -299,9 +306,7 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report({"epoch": 0, **{f"before_{k}": v for k, v in before.items()}})
 
     while worker.epoch < cfg.optim.epochs:
-        if _failure_injected(cfg.run.name, worker) and start_epoch < worker.epoch:
-            raise RuntimeError(f"injected failure on rank {worker.rank} at epoch {worker.epoch} ({INJECT_FAILURE})")
-        record = train_epoch(worker, train_shard)
+        record = train_epoch(worker, train_shard, _failure_injected(cfg.run.name, worker) and start_epoch < worker.epoch)
         if worker.epoch % cfg.run.val_every != 0 and worker.epoch != cfg.optim.epochs:
             if worker.rank == 0:
                 log.info("epoch %d: train loss %.4f", worker.epoch, record["train_loss"])
