@@ -165,3 +165,44 @@ def test_a_recipe_that_cannot_be_read_is_named(tmp_path):
     bad.write_text("optim:\n  learning_rate: 1\n")
     with pytest.raises(ConfigError, match=f"{bad}: unknown keys \\[.learning_rate.\\] in optim"):
         TrainConfig.from_yaml(str(bad))
+
+
+def test_resume_without_a_run_is_an_error_before_ray_starts(tmp_path):
+    from samadapter.train.driver import run_training
+
+    cfg = TrainConfig().with_overrides([f"run.storage={tmp_path}", "run.name=nothing"])
+    with pytest.raises(ConfigError, match="no run 'nothing'"):  # the fast tier refuses ray.init (conftest)
+        run_training(cfg, resume=True, progress=False)
+
+
+def test_the_train_epoch_benchmark_trains_what_it_says(monkeypatch):
+    """`jobs/benchmark.py train-epoch` builds its dataset and run as asked and turns the run's
+    metrics lines into its rows (the rows of a real run: tests/test_train.py)."""
+    import ray
+
+    from samadapter.bench.train_epoch import bench_train_epoch
+    from samadapter.checkpoints import append_metrics_line
+    from samadapter.data.records import read_dataset_info
+    from samadapter.train import driver
+
+    seen = {}
+
+    def fake_run(cfg, progress):  # records its config and writes the lines a 1-epoch run writes
+        seen["cfg"], seen["splits"] = cfg, read_dataset_info(cfg.data.dataset)["splits"]
+        uri = os.path.join(cfg.run.storage, cfg.run.name)
+        append_metrics_line(uri, {"epoch": 0, "phase": "before training", "val_rows_read": 6, "val_seconds": 0.5,
+                                  "s_measure": 0.4})
+        append_metrics_line(uri, {"epoch": 1, "phase": "resumed"})
+        append_metrics_line(uri, {"epoch": 1, "phase": "validation", "val_rows_read": 6, "val_seconds": 0.4,
+                                  "train_seconds": 2.0, "images_per_s": 8.0, "s_measure": 0.5})
+        return type("Outcome", (), {"run_uri": uri})
+
+    monkeypatch.setattr(driver, "run_training", fake_run)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    rows = bench_train_epoch("tiny", 64, workers=2, train_rows=16, val_rows=6, epochs=1, batch_size=4)
+    cfg = seen["cfg"]
+    assert (cfg.run.workers, cfg.optim.epochs, cfg.optim.batch_size, cfg.run.val_every) == (2, 1, 4, 1)
+    assert cfg.model.arch == "tiny" and cfg.model.overrides["img_size"] == 64
+    assert {k: int(v) for k, v in seen["splits"].items()} == {cfg.data.train_split: 16, cfg.data.val_split: 6}
+    assert [(r["epoch"], r["val_rows_read"], r["train_seconds"]) for r in rows] == [(0, 6, None), (1, 6, 2.0)]
+    assert all((r["workers"], r["train_rows"], r["val_rows"]) == (2, 16, 6) for r in rows)

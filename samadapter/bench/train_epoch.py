@@ -37,6 +37,12 @@ def bench_train_epoch(arch: str = "tiny", img_size: int = 128, workers: int = 2,
             ray.init(log_to_driver=False)
         outcome = run_training(cfg, progress=False)
         lines = read_metrics_lines(outcome.run_uri)
+    return epoch_rows(lines, workers, train_rows, val_rows)
+
+
+def epoch_rows(lines: List[dict], workers: int, train_rows: int, val_rows: int) -> List[dict]:
+    """The benchmark's rows from a run's metrics lines: one per validation (the one before
+    training included), with that epoch's training seconds."""
     rows = []
     for r in lines:
         if r.get("phase") not in ("before training", "validation"):
