@@ -23,15 +23,25 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 # next poll of the workers, every 2 s by default: ~6 s of every test run of a few seconds'
 # training. Inherited by every Ray the tests start (its controller reads it).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# An idle worker process of the tests' Rays lives a minute (Ray's default: 1 s past its soft
+# limit), so the next test's tasks reuse it instead of starting (~2 s of CPU) a new one.
+os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
+os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 
 
 def pytest_collection_modifyitems(config, items):
     """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
-    fixture must be marked slow."""
-    unmarked = [i.nodeid for i in items if {"ray_local", "ray_address"} & set(getattr(i, "fixturenames", ()))
+    fixture must be marked slow. The slow tests run one after another in one xdist process
+    (the group "ray", pyproject's ``--dist loadgroup``): they share its Ray, and two of them
+    at once on 2 cores only slow each other down (Ray's start-ups are CPU-bound); the fast
+    tier runs beside them."""
+    unmarked = [i.nodeid for i in items if {"ray_local", "ray_address", "ray_head"} & set(getattr(i, "fixturenames", ()))
                 and not i.get_closest_marker("slow")]
     if unmarked:
         raise pytest.UsageError(f"tests that start Ray without @pytest.mark.slow: {unmarked}")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +176,7 @@ def mlflow_server(tmp_path_factory):
                              "--artifacts-destination", str(root / "artifacts")],
                             stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # ~10 s alone; minutes beside other work on 2 busy cores
         while True:
             try:
                 urllib.request.urlopen(uri + "/health", timeout=2)
@@ -185,7 +195,7 @@ def mlflow_server(tmp_path_factory):
 
 
 # Set in every worker of the shared Ray: rank 1 of the training run named "faulty" raises
-# once at epoch 1 (tests/test_train.py); no other run is touched.
+# once, in its second epoch (tests/test_train.py); no other run is touched.
 RAY_WORKER_ENV = {"SAMADAPTER_INJECT_FAILURE": "faulty:1:1"}
 
 
@@ -218,6 +228,21 @@ def ray_address(ray_local) -> str:
     """The shared Ray's address: a job run as a subprocess with ``RAY_ADDRESS`` set to it
     joins that Ray (a driver of its own, as under ``ray job submit``) instead of starting one."""
     return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A `ray start --head` of the session's own (``tests/rayheads.py``: loopback, free ports,
+    its own temp dir, 4 CPUs), for the tests of the CLI paths that talk to a head: `ray job
+    submit`, jobs/nightly.py, a job beside another Ray. Started by the first of them (~10 s),
+    stopped by its processes with the session."""
+    from .rayheads import start_head
+
+    head = start_head(num_cpus=4)
+    try:
+        yield head
+    finally:
+        head.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,8 +13,6 @@ import pytest
 
 from samadapter.nightly import NightlyConfig, run_nightly, submission_id
 
-from .rayheads import start_head
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = os.path.join(ROOT, "jobs", "nightly.py")
 
@@ -211,15 +209,6 @@ def test_bad_arguments_are_usage_errors():
 
 
 # ------------------------------------------------------------------ on a real Ray head
-@pytest.fixture(scope="module")
-def head():
-    h = start_head(num_cpus=2)
-    try:
-        yield h
-    finally:
-        h.stop()
-
-
 def _nightly(head, night, *args, wait=True):
     cmd = [sys.executable, JOB, "--address", head.dashboard, "--night", night, "--poll-seconds", "0.5", *args]
     if not wait:
@@ -238,7 +227,8 @@ def _jobs(head, night):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_job_per_night_on_a_ray_head(head):
+def test_one_job_per_night_on_a_ray_head(ray_head):
+    head = ray_head
     # a success is not repeated
     rc, out = _nightly(head, "2026-01-01", "--", "python", "-c", "print('segmented tonight')")
     assert rc == 0 and "segmented tonight" in out, out[-3000:]

@@ -8,26 +8,17 @@ import subprocess
 
 import pytest
 
-from .rayheads import RAY, free_port, start_head
+from .rayheads import RAY, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
-def ray_head():
-    head = start_head(num_cpus=4)
-    try:
-        yield head.dashboard, head.env
-    finally:
-        head.stop()
-
-
 def test_ray_job_submit_train(ray_head, tmp_path):
     """The documented submit path, with a tracking server that does not answer: one warning
     line, the run goes on untracked."""
-    address, env = ray_head
+    address, env = ray_head.dashboard, ray_head.env
     nobody = f"http://127.0.0.1:{free_port()}"
     cmd = [
         RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
@@ -60,13 +51,13 @@ _WHICH_RAY = ("import os, sys, ray; from samadapter.ray_session import connect; 
               "print('GCS', ray.get_runtime_context().gcs_address)")
 
 
-def test_a_job_without_ray_address_starts_its_own_ray_beside_another():
+def test_a_job_without_ray_address_starts_its_own_ray_beside_another(ray_head):
     """Another Ray runs on this machine (a head, recorded where `ray start` records the
     machine's cluster, which a bare ray.init() joins): a job without RAY_ADDRESS does not
     join it; with RAY_ADDRESS (what `ray job submit` sets for its jobs) it does."""
     import tempfile
 
-    head = start_head(num_cpus=1)
+    head = ray_head
     machine_tmp = tempfile.mkdtemp(prefix="rq", dir="/tmp")  # short: Ray's socket paths have a length limit
     try:
         os.makedirs(os.path.join(machine_tmp, "ray"))
@@ -84,5 +75,4 @@ def test_a_job_without_ray_address_starts_its_own_ray_beside_another():
                 assert r.stdout.split("WORKER ")[-1].split()[0] == gcs[name], r.stdout
         assert gcs["joined"] == head.gcs_address != gcs["own"]
     finally:
-        head.stop()
         shutil.rmtree(machine_tmp, ignore_errors=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -93,7 +91,7 @@ def test_sweep_cli_dry_run_and_errors(capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path, mlflow_server):
+def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path, mlflow_server, capsys):
     """Two trials of the tiny shadow recipe (one epoch each): a sweep end to end, the shadow
     task trained on CPU with its BER dropping, and lower-is-better everywhere it selects."""
     from PIL import Image
@@ -148,12 +146,14 @@ def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path, mlflow_server)
     assert best.task == "shadow" and best.model.overrides["knowledge"] == rows[0]["params"]["model.overrides.knowledge"]
     assert best.run.name == "ablation-best" and best.optim.epochs == 1
 
-    # jobs/evaluate.py on the best trial: the checkpoint's task, the task's columns, its BER
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    ev = subprocess.run([sys.executable, "jobs/evaluate.py", "--dataset", best.dataset_uri(), "--split", "test",
-                         "--checkpoint", rows[0]["run_uri"], "--output", str(tmp_path / "eval")],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert ev.returncode == 0, ev.stderr
-    assert "task: shadow" in ev.stdout and "| BER % | shadow err % |" in ev.stdout
+    # the evaluate job on the best trial (its main, in this process: jobs/evaluate.py calls
+    # it): the checkpoint's task, the task's columns, its BER
+    from samadapter.jobs.evaluate import main as evaluate
+
+    capsys.readouterr()
+    assert evaluate(["--dataset", best.dataset_uri(), "--split", "test", "--checkpoint", rows[0]["run_uri"],
+                     "--output", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "task: shadow" in printed and "| BER % | shadow err % |" in printed
     # the same checkpoint scored by evaluation (a pixel at exactly 0.5 may flip: 0.05 points)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["ber"] == pytest.approx(rows[0]["best_ber"], abs=0.05)
