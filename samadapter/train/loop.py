@@ -271,9 +271,9 @@ def save_checkpoint(worker: Worker, record: dict) -> None:
 # Tests of recovery set this in the workers' environment: "<run name>:<epoch>:<rank>" makes
 # that rank of that run raise once, after its first step past that many epochs (not again
 # after the restart). After a step, not before it: the step's all-reduce waits for every rank,
-# so rank 0 has reported the last epoch's checkpoint by then. A rank that raised at once could
-# beat that report (an upload to S3 takes a while), and the group would restart from the
-# checkpoint before it, training the epoch twice, and in the test fail again.
+# so rank 0 has reported the last epoch's checkpoint by then; a rank that raised at once could
+# beat that report (an upload to S3 takes a while) and the group would restart from the
+# checkpoint before it.
 INJECT_FAILURE = "SAMADAPTER_INJECT_FAILURE"
 
 
