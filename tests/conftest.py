@@ -33,10 +33,8 @@ def pytest_collection_modifyitems(config, items):
     """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
     fixture must be marked slow.
 
-    The fast tier runs first: with pyproject's ``-n 2 --dist load`` the two xdist processes
-    take tests in this order, so a failure of the fast tier shows in the first two minutes;
-    then both take slow tests, each process with a local Ray of its own (on 2 cores the whole
-    suite ends sooner than in one process)."""
+    The fast tier runs first, so that its failures show in the first minutes of the whole
+    suite (and, with ``-n 2``, its tests are spread over both processes first)."""
     unmarked = [i.nodeid for i in items if {"ray_local", "ray_address", "ray_head"} & set(getattr(i, "fixturenames", ()))
                 and not i.get_closest_marker("slow")]
     if unmarked:
