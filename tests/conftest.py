@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+import samadapter.modeling.sam_modules  # noqa: F401  (segment_anything's package __init__ deferred, as in the jobs)
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 

@@ -14,7 +14,7 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+from .sam_modules import Attention, get_rel_pos
 from torch import nn
 
 from ..constants import ATTENTION_IMPLS

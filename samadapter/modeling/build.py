@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
-from segment_anything.modeling import PromptEncoder, TwoWayTransformer
+from .sam_modules import PromptEncoder, TwoWayTransformer
 from torch import nn
 
 from .arch import ARCHS, ArchConfig, Sam2ArchConfig, arch_config  # noqa: F401 - re-exported

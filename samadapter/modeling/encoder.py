@@ -6,7 +6,7 @@ import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
-from segment_anything.modeling import ImageEncoderViT
+from .sam_modules import ImageEncoderViT
 from torch.utils.checkpoint import checkpoint
 
 from .adapter import PromptGenerator

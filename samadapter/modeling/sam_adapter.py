@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import MaskDecoder, PromptEncoder
+from .sam_modules import MaskDecoder, PromptEncoder
 from torch import nn
 
 from ..constants import PIXEL_MEAN, PIXEL_STD
