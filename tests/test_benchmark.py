@@ -64,6 +64,7 @@ def test_mask_times_from_the_masks_files(tmp_path):
         mask_times(str(tmp_path / "nothing"), 0.0)
 
 
+@pytest.mark.slow  # six child interpreters (~25 s): in the full suite, not the fast tier
 @pytest.mark.timeout(300)
 def test_model_and_train_step_modes_on_tiny(tmp_path):
     data = _run(tmp_path, "model", "--arch", "tiny", "--img-size", "64,128", "--warmup", "0", "--repeats", "1")

@@ -10,7 +10,8 @@ from samadapter.modeling import ARCHS, high_pass_filter
 from samadapter.modeling.arch import is_sam2
 
 
-@pytest.mark.parametrize("arch", sorted(a for a in ARCHS if not is_sam2(a)))  # SAM 2's: test_sam2.py
+@pytest.mark.parametrize("arch", [  # SAM 2's: test_sam2.py; vit_h's random init of 640M weights takes seconds: full suite only
+    pytest.param(a, marks=[pytest.mark.slow] if a == "vit_h" else []) for a in sorted(ARCHS) if not is_sam2(a)])
 def test_output_shapes_every_arch(arch):
     # Small img_size keeps vit_h affordable on CPU; the token grid is 4x4 (window 14 pads).
     size = 256 if arch == "tiny" else 64

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -64,17 +62,16 @@ def _main():
     return runpy.run_path(JOB)["main"]
 
 
-def test_the_command_prints_a_table_and_writes_json(tmp_path):
+def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "preflight.json"
-    r = subprocess.run([sys.executable, JOB, "--cluster", VM, "--json", str(out)], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "| nightly | A10G |" in r.stdout and "8 x gpu.infer (g5.2xlarge, spot)" in r.stdout
+    main = _main()
+    assert main(["--cluster", VM, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| nightly | A10G |" in printed and "8 x gpu.infer (g5.2xlarge, spot)" in printed
     report = json.loads(out.read_text())
     assert report["jobs"]["nightly"]["node_types"] == {"gpu.infer": 8}
     assert any("CHANGE_AMI" in p for p in report["placeholders"])
     # placeholders are warnings; --strict makes them errors
-    main = _main()
     assert main(["--cluster", VM]) == 0 and main(["--cluster", VM, "--strict"]) == 1
     assert main(["--cluster", str(tmp_path / "missing.yaml")]) == 2
 
