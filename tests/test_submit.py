@@ -23,7 +23,7 @@ def test_ray_job_submit_train(ray_head, tmp_path):
     cmd = [
         RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
         "python", "jobs/train.py", "--config", "configs/local-tiny.yaml",
-        "--set", "optim.epochs=1", "--set", "model.overrides.img_size=128",
+        "--set", "optim.epochs=1", "--set", "model.overrides.img_size=128", "--run.workers", "1",
         "--set", "data.synthetic_train=16", "--set", "data.synthetic_test=4", "--set", "data.synthetic_size=128",
         "--set", f"data.cache_dir={tmp_path / 'cache'}", "--storage", str(tmp_path / "runs"), "--name", "submitted",
         "--run.tracking-uri", nobody,
