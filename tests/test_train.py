@@ -151,7 +151,7 @@ def test_several_classes_learn_and_the_segment_job_writes_their_masks(ray_local,
     prepare_dataset(synthetic_listing(64, 16, size=112, seed=0, kind="multiclass"), data, progress=False)
     cfg = TrainConfig.from_yaml("configs/local-tiny-multiclass.yaml").with_overrides([
         f"data.dataset={data}", f"run.storage={tmp_path}", "run.name=classes", "task=null",
-        f"model.overrides={{img_size: {SIZE}}}", "optim.epochs=8", "run.log_every=50"])
+        f"model.overrides={{img_size: {SIZE}}}", "optim.epochs=6", "run.log_every=50"])
     outcome = run_training(cfg, progress=False)
     assert outcome.task == "multiclass"
     best = max(r["miou"] for r in outcome.validations)
@@ -179,7 +179,7 @@ def test_sam2_tiny_learns_and_the_segment_job_runs_its_adapter(ray_local, tmp_pa
     prepare_dataset(synthetic_listing(128, 8, size=112, seed=1), data, progress=False)
     cfg = TrainConfig.from_yaml("configs/local-sam2-tiny.yaml").with_overrides([
         f"data.dataset={data}", f"run.storage={tmp_path}", "run.name=sam2", f"model.overrides={{img_size: {SIZE}}}",
-        "optim.epochs=4", "optim.batch_size=2", "run.log_every=50"])  # 32 steps an epoch
+        "optim.epochs=3", "optim.batch_size=2", "run.log_every=50"])  # 32 steps an epoch
     outcome = run_training(cfg, progress=False)
     best = max(r["s_measure"] for r in outcome.validations)
     assert best - outcome.before["s_measure"] >= 0.2, (outcome.before, outcome.validations)
