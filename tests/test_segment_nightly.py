@@ -79,7 +79,8 @@ def test_parallel_listing_equals_a_plain_listing(ray_local, s3_server, tmp_path)
     from samadapter.segment.listing import list_prefix
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    keys = [f"par/d{i % 7}/sub{i % 3}/k{i:04d}.jpg" for i in range(2300)] + ["par/top.png", "par/_SUCCESS"]
+    # more keys than one page of a plain listing (1,000), over 21 leaf prefixes
+    keys = [f"par/d{i % 7}/sub{i % 3}/k{i:04d}.jpg" for i in range(1100)] + ["par/top.png", "par/_SUCCESS"]
     for k in keys:
         s3.put_object(Bucket="test-bucket", Key=k, Body=b"x" * (len(k) % 5))
     local = tmp_path / "local"
