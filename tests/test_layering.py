@@ -26,8 +26,8 @@ def test_segmentation_and_evaluation_do_not_import_training(module):
 
 
 def test_building_a_model_does_not_import_torchvision_and_segment_anything_stays_whole():
-    # segment_anything's package __init__ (its predictor -> torchvision -> torch._dynamo, ~2 s of
-    # CPU at every actor and worker start) runs only when something asks the package for it
+    # segment_anything's package __init__ (its predictor -> torchvision -> torch._dynamo, seconds
+    # of CPU at every actor and worker start) runs only when something asks the package for it
     code = ("import sys; from samadapter import build_model; build_model('tiny', img_size=64); "
             "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules); "
             "from segment_anything import SamPredictor, sam_model_registry; import segment_anything.modeling as m; "

@@ -47,7 +47,7 @@ def load_reference_encoder_class(reference: str) -> type:
     package.__path__ = [os.path.dirname(os.path.abspath(path))]
     sys.modules[_PACKAGE] = package
     if not os.path.isfile(os.path.join(package.__path__[0], "common.py")):
-        from segment_anything.modeling import common
+        from ..modeling.sam_modules import common
 
         sys.modules[_PACKAGE + ".common"] = common
     spec = importlib.util.spec_from_file_location(_PACKAGE + ".image_encoder", path)

@@ -1,14 +1,15 @@
 """segment_anything's model modules, imported without its package's predictor.
 
 ``segment_anything/__init__.py`` imports ``SamPredictor`` and ``SamAutomaticMaskGenerator``,
-which import torchvision, whose ops import ``torch._dynamo``: about 2 s of CPU in every
+which import torchvision, whose ops import ``torch._dynamo``: seconds of CPU in every
 process that builds a model (each Segmenter actor and each Train worker, at every start and
-restart), for code this project never calls. ``segment_anything.modeling`` imports only
-within itself, so this module registers the package's module object *without running its
-``__init__``* and imports ``segment_anything.modeling`` under its own name. The first
-attribute asked of the package that it does not have yet (``sam_model_registry``,
-``SamPredictor``, ...) runs the ``__init__`` then, on that same module object (PEP 562), so
-``from segment_anything import SamPredictor`` anywhere later in the process works as before.
+restart; docs/performance.md), for code this project never calls.
+``segment_anything.modeling`` imports only within itself, so this module registers the
+package's module object *without running its ``__init__``* and imports
+``segment_anything.modeling`` under its own name. The first attribute asked of the package
+that it does not have yet (``sam_model_registry``, ``SamPredictor``, ...) runs the
+``__init__`` then, on that same module object (PEP 562), so ``from segment_anything import
+SamPredictor`` anywhere later in the process works as before.
 
 Every module of ``samadapter`` imports segment_anything's classes from here.
 """
@@ -42,7 +43,7 @@ def _register_package_with_its_init_deferred() -> None:
 
 _register_package_with_its_init_deferred()
 
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer  # noqa: E402
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer, common  # noqa: E402
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos  # noqa: E402
 
-__all__ = ["Attention", "ImageEncoderViT", "MaskDecoder", "PromptEncoder", "TwoWayTransformer", "get_rel_pos"]
+__all__ = ["Attention", "ImageEncoderViT", "MaskDecoder", "PromptEncoder", "TwoWayTransformer", "common", "get_rel_pos"]
