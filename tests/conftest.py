@@ -7,8 +7,9 @@ from functools import partial
 
 import pytest
 import torch
-import samadapter.modeling.sam_modules  # noqa: F401  (segment_anything's package __init__ deferred, as in the jobs)
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+# segment_anything's classes as the jobs import them (its package's __init__ deferred)
+from samadapter.modeling.sam_modules import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import Sam
 from torch import nn
 
 from samadapter.modeling import arch_config
