@@ -5,7 +5,8 @@ them through this module (torch-free: a driver imports it before Ray starts).
     <storage>/<name>/                   a run (rerunning the same name resumes it)
         config.yaml                     the resolved TrainConfig
         metrics.jsonl                   one JSON line per phase: before training, step (every run.log_every),
-                                        validation, resumed
+                                        validation, resumed; append-only (read_metrics_lines: the
+                                        lines of the run's state, without work a restart discarded)
         curves.png                      loss and validation metrics so far (train/curves.py)
         tracking.json                   the MLflow tracking URI and run id (tracking.py): a resumed run
                                         logs into the same MLflow run
@@ -119,8 +120,24 @@ def write_tracking(run_uri: str, uri: str, run_id: str) -> None:
 
 
 def read_metrics_lines(run_uri: str) -> List[dict]:
+    """The run's metrics lines as its state has them. The file is append-only, and a worker
+    group that restarts goes back to a checkpoint: a ``resumed`` line at epoch E means the
+    lines written before it for epochs after E came from work that was thrown away (a worker
+    lost before that epoch's checkpoint was registered; the epoch is trained and validated
+    again), and a ``before training`` line means the run started again from nothing. Those
+    lines stay in the file; they are not returned."""
     try:
         data = storage.read_bytes(storage.join(run_uri, METRICS_FILE))
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    lines: List[dict] = []
+    for line in data.decode().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("phase") == "before training":
+            lines = []
+        elif record.get("phase") == "resumed":
+            lines = [r for r in lines if r.get("epoch", 0) <= record.get("epoch", 0)]
+        lines.append(record)
+    return lines

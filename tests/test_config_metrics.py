@@ -206,3 +206,36 @@ def test_the_train_epoch_benchmark_trains_what_it_says(monkeypatch):
     assert {k: int(v) for k, v in seen["splits"].items()} == {cfg.data.train_split: 16, cfg.data.val_split: 6}
     assert [(r["epoch"], r["val_rows_read"], r["train_seconds"]) for r in rows] == [(0, 6, None), (1, 6, 2.0)]
     assert all((r["workers"], r["train_rows"], r["val_rows"]) == (2, 16, 6) for r in rows)
+
+
+def test_metrics_lines_of_work_a_restart_threw_away_are_not_read(tmp_path):
+    """A group that went back to epoch 1's checkpoint redid epoch 2: the summary and the
+    curves read the redone epoch, not the abandoned one; the file keeps every line."""
+    import json
+
+    from samadapter.checkpoints import METRICS_FILE, append_metrics_line, read_metrics_lines
+
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    written = [{"phase": "before training", "epoch": 0}, {"phase": "step", "epoch": 1, "global_step": 5},
+               {"phase": "validation", "epoch": 1, "s_measure": 0.5}, {"phase": "step", "epoch": 2, "global_step": 10},
+               {"phase": "validation", "epoch": 2, "s_measure": 0.6},  # its checkpoint not registered before the loss
+               {"phase": "resumed", "epoch": 1}, {"phase": "step", "epoch": 2, "global_step": 10},
+               {"phase": "validation", "epoch": 2, "s_measure": 0.7},
+               {"phase": "resumed", "epoch": 2}, {"phase": "validation", "epoch": 3, "s_measure": 0.8}]  # --resume
+    append_metrics_line(run, *written)
+    lines = read_metrics_lines(run)
+    assert [(r["phase"], r["epoch"], r.get("s_measure")) for r in lines if r["phase"] in ("validation", "resumed")] == [
+        ("validation", 1, 0.5), ("resumed", 1, None), ("validation", 2, 0.7), ("resumed", 2, None), ("validation", 3, 0.8)]
+    assert [r["global_step"] for r in lines if r["phase"] == "step"] == [5, 10]
+    assert len(open(os.path.join(run, METRICS_FILE)).read().splitlines()) == len(written)  # nothing lost
+    # a group that started again from nothing (no checkpoint yet): only the new start counts
+    restarted = str(tmp_path / "restarted")
+    os.makedirs(restarted)
+    append_metrics_line(restarted, {"phase": "before training", "epoch": 0, "s_measure": 0.3},
+                        {"phase": "validation", "epoch": 1, "s_measure": 0.4},
+                        {"phase": "before training", "epoch": 0, "s_measure": 0.31},
+                        {"phase": "validation", "epoch": 1, "s_measure": 0.45})
+    assert [(r["phase"], r["s_measure"]) for r in read_metrics_lines(restarted)] == [("before training", 0.31),
+                                                                                     ("validation", 0.45)]
+    assert json.loads(open(os.path.join(restarted, METRICS_FILE)).readline())["s_measure"] == 0.3
