@@ -17,7 +17,9 @@ from samadapter.checkpoints import read_metrics_lines
 
 from .conftest import RAY_WORKER_ENV
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+# the "train" group: under -n 2, Train runs one after another in one process (side by side,
+# each ran 2-4 times slower)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.xdist_group("train")]
 
 # conftest's RAY_WORKER_ENV, in every worker of the shared Ray: rank 1 of the run named "faulty"
 # raises once, in its second epoch
@@ -135,35 +137,6 @@ def test_a_run_on_s3_survives_a_worker_failure_is_tracked_in_mlflow_and_resumes(
     assert len(_phases(lines, "before training")) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "s_measure")] == [0, 1, 2, 3]
     assert storage.read_bytes(storage.join(resumed.run_uri, "curves.png")) != curves  # redrawn
-
-
-def test_several_classes_learn_and_the_segment_job_writes_their_masks(ray_local, tmp_path):
-    """configs/local-tiny-multiclass.yaml on a converted multi-class dataset (the task and the
-    class count from its _dataset.json): mIoU rises by >= 0.3, and the segment job writes an
-    indexed PNG of the classes at each image's own size."""
-    import numpy as np
-    from PIL import Image
-
-    from samadapter.jobs.segment import main as segment
-    from samadapter.train.driver import run_training
-
-    data = str(tmp_path / "classes")
-    prepare_dataset(synthetic_listing(64, 16, size=112, seed=0, kind="multiclass"), data, progress=False)
-    cfg = TrainConfig.from_yaml("configs/local-tiny-multiclass.yaml").with_overrides([
-        f"data.dataset={data}", f"run.storage={tmp_path}", "run.name=classes", "task=null",
-        f"model.overrides={{img_size: {SIZE}}}", "optim.epochs=6", "run.log_every=50"])
-    outcome = run_training(cfg, progress=False)
-    assert outcome.task == "multiclass"
-    best = max(r["miou"] for r in outcome.validations)
-    assert best - outcome.before["miou"] >= 0.3, (outcome.before, outcome.validations)
-    out = str(tmp_path / "masks")
-    assert segment(["--input", data, "--split", "test", "--output", out, "--checkpoint", outcome.run_uri,
-                    "--overlays", "--no-progress"]) == 0
-    masks = sorted((tmp_path / "masks" / "masks").rglob("*.png"))
-    assert len(masks) == 16
-    for path in masks:
-        im = Image.open(path)
-        assert im.mode == "P" and im.size == (112, 112) and np.asarray(im).max() < 3
 
 
 def test_sam2_tiny_learns_and_the_segment_job_runs_its_adapter(ray_local, tmp_path):
