@@ -209,12 +209,19 @@ def test_bad_arguments_are_usage_errors():
 
 
 # ------------------------------------------------------------------ on a real Ray head
-def _nightly(head, night, *args, wait=True):
-    cmd = [sys.executable, JOB, "--address", head.dashboard, "--night", night, "--poll-seconds", "0.5", *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    r = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=240)
-    return r.returncode, r.stdout + r.stderr
+def _nightly(head, night, *args, capsys=None):
+    """jobs/nightly.py against the head: with ``capsys``, its ``main`` in this process (exit
+    status, output); without, the script in a process of its own, running (a Popen)."""
+    argv = ["--address", head.dashboard, "--night", night, "--poll-seconds", "0.5", *args]
+    if capsys is None:
+        return subprocess.Popen([sys.executable, JOB, *argv], env=head.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    from samadapter.jobs.nightly import main
+
+    capsys.readouterr()
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
 
 
 def _jobs(head, night):
@@ -227,37 +234,41 @@ def _jobs(head, night):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_job_per_night_on_a_ray_head(ray_head):
+@pytest.mark.xdist_group("head")  # the session's head, with tests/test_submit.py under -n 2
+def test_one_job_per_night_on_a_ray_head(ray_head, capsys):
+    """Each invocation as the cron would make it; all but one run jobs/nightly.py's main in
+    this process (the same code, without a Python and a Ray import each)."""
     head = ray_head
     # a success is not repeated
-    rc, out = _nightly(head, "2026-01-01", "--", "python", "-c", "print('segmented tonight')")
+    rc, out = _nightly(head, "2026-01-01", "--", "python", "-c", "print('segmented tonight')", capsys=capsys)
     assert rc == 0 and "segmented tonight" in out, out[-3000:]
-    rc, out = _nightly(head, "2026-01-01", "--", "python", "-c", "print('segmented tonight')")
+    rc, out = _nightly(head, "2026-01-01", "--", "python", "-c", "print('segmented tonight')", capsys=capsys)
     assert rc == 0 and "already succeeded" in out
     assert _jobs(head, "2026-01-01") == {"samadapter-nightly-2026-01-01-a1": "SUCCEEDED"}
 
     # a failure is retried once as a new attempt by the same invocation, then not again
     fail = ["--max-attempts", "2", "--", "python", "-c", "import sys; sys.exit(3)"]
-    rc, out = _nightly(head, "2026-01-02", *fail)
+    rc, out = _nightly(head, "2026-01-02", *fail, capsys=capsys)
     assert rc == 1 and "submitted samadapter-nightly-2026-01-02-a2" in out and "without success" in out, out[-3000:]
-    rc, out = _nightly(head, "2026-01-02", *fail)
+    rc, out = _nightly(head, "2026-01-02", *fail, capsys=capsys)
     assert rc == 1 and "without success" in out and "submitted" not in out
     assert _jobs(head, "2026-01-02") == {"samadapter-nightly-2026-01-02-a1": "FAILED", "samadapter-nightly-2026-01-02-a2": "FAILED"}
 
     # a second invocation while tonight's job runs follows it: one job, both exit 0
     slow = ["--", "python", "-c", "import time; time.sleep(5); print('slow night done')"]
-    first = _nightly(head, "2026-01-03", *slow, wait=False)
+    first = _nightly(head, "2026-01-03", *slow)
     deadline = time.monotonic() + 120
     while not _jobs(head, "2026-01-03") and time.monotonic() < deadline:
         time.sleep(0.5)
-    rc, out = _nightly(head, "2026-01-03", *slow)
+    rc, out = _nightly(head, "2026-01-03", *slow, capsys=capsys)
     first_out, _ = first.communicate(timeout=240)
     assert rc == 0 and "following it" in out, out[-3000:]
     assert first.returncode == 0 and "slow night done" in first_out
     assert _jobs(head, "2026-01-03") == {"samadapter-nightly-2026-01-03-a1": "SUCCEEDED"}
 
     # the deadline stops a job that runs too long
-    rc, out = _nightly(head, "2026-01-04", "--deadline-hours", "0.0015", "--", "python", "-c", "import time; time.sleep(300)")
+    rc, out = _nightly(head, "2026-01-04", "--deadline-hours", "0.0015", "--", "python", "-c", "import time; time.sleep(300)",
+                       capsys=capsys)
     assert rc == 3 and "stopping it" in out and "cleared the cluster's resource request" in out, out[-3000:]
     assert _jobs(head, "2026-01-04") == {"samadapter-nightly-2026-01-04-a1": "STOPPED",
                                          "samadapter-nightly-2026-01-04-a1-release": "SUCCEEDED"}
