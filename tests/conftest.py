@@ -14,8 +14,9 @@ from torch import nn
 
 from samadapter.modeling import arch_config
 
-# Keep tests light on the 2-core machines.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep tests light on the 2-core machines: under pytest-xdist (-n 2) one torch thread a
+# process, as two processes with two threads each would have four on two cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 # Every Ray node the tests start binds to loopback (Ray otherwise picks the routable IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Token authentication for every Ray the tests start or join (read once per process by Ray,
@@ -29,19 +30,88 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # limit), so the next test's tasks reuse it instead of starting (~2 s of CPU) a new one.
 os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
 os.environ.setdefault("RAY_num_workers_soft_limit", "8")
+# Ray Data 2.60 reads every Parquet dataset's footers on a pool of 32 actors, started for each
+# read: 32 processes (~1.3 s of CPU each) to read the footers of the few small files a test
+# reads (a ledger, a key list). Two, in every Ray the tests start (read where the read is planned).
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+# Ray Train's watcher of spot preemption notices: an actor of its own in every training run,
+# for notices a test machine never gets.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def pytest_collection_modifyitems(config, items):
     """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
     fixture must be marked slow.
 
-    The fast tier runs first, so that its failures show in the first minutes of the whole
-    suite (and, with ``-n 2``, its tests are spread over both processes first)."""
+    The order, each part in file order: the fast tier, so that its failures show in the first
+    minutes (under ``-n 2``, the ``alone`` tests first: one process runs them while the other
+    runs the fast tier, which may run beside them); the ``alone`` tests; the tests with a Ray cluster of their own (the
+    shared Ray is started after them, not twice); the longest ``xdist_group`` (Train runs),
+    then the ``ray start`` head's; the other slow tests. With ``--dist loadgroup
+    --no-loadscope-reorder`` (pyproject), xdist hands out work in this order: the longest
+    first, the short ones to even out the end."""
     unmarked = [i.nodeid for i in items if {"ray_local", "ray_address", "ray_head"} & set(getattr(i, "fixturenames", ()))
                 and not i.get_closest_marker("slow")]
     if unmarked:
         raise pytest.UsageError(f"tests that start Ray without @pytest.mark.slow: {unmarked}")
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # stable: each tier keeps its order
+
+    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+    def rank(item):
+        group = item.get_closest_marker("xdist_group")
+        if item.get_closest_marker("alone"):
+            return 0 if xdist else 1
+        if not item.get_closest_marker("slow"):
+            return 1 if xdist else 0
+        if "two_gpu_nodes" in getattr(item, "fixturenames", ()):
+            return 2
+        return {"train": 3, "head": 4}.get(group.args[0] if group else None, 5)
+
+    items.sort(key=rank)  # stable: each part keeps its order
+
+
+def pytest_configure(config):
+    """``-n 2 --dist loadgroup`` needs a pytest whose node ids pytest-xdist 3.8 can mark with
+    their group: from pytest 9.2 on it cannot, and the groups are spread over both processes
+    without a word (pytest-xdist#1386). Say so instead."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "loadgroup":
+        import xdist
+
+        if _version(pytest.__version__) >= (9, 2) and _version(xdist.__version__) <= (3, 8):
+            raise pytest.UsageError(f"pytest-xdist {xdist.__version__}'s --dist loadgroup does not group under pytest "
+                                    f"{pytest.__version__} (pytest-xdist#1386): pip install 'pytest<9.2' (pyproject's "
+                                    f"test extra), or run without -n")
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+@pytest.fixture(autouse=True)
+def _alone_under_xdist(request, tmp_path_factory):
+    """Under pytest-xdist (``-n 2``), a test marked ``alone`` runs with no other slow test
+    beside it: its assertions are about what Ray's schedulers do, which contention on 2 cores
+    changes (tests/test_cluster.py). Every other slow test holds a shared lock while it runs,
+    an ``alone`` test the exclusive one; a turnstile taken first keeps the exclusive one from
+    waiting for ever behind shared ones. The fast tier (one core, no Ray) takes no lock.
+    Without xdist: nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the run's xdist workers
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(root / "alone.turnstile", "a") as turnstile, open(root / "alone.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,10 @@ import pytest
 from .conftest import tiny_adapter_and_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = [pytest.mark.slow]
+# alone: under -n 2, contention changes what Ray Data asks the autoscaler for (docs/cluster.md,
+# "Ray Data's own resource requests");
+# one xdist group: both tests in one process, one after the other
+pytestmark = [pytest.mark.slow, pytest.mark.alone, pytest.mark.xdist_group("cluster")]
 
 
 @pytest.fixture(scope="module")

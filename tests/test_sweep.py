@@ -91,6 +91,7 @@ def test_sweep_cli_dry_run_and_errors(capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("train")  # with tests/test_train.py's runs under -n 2
 def test_two_trial_shadow_sweep_on_local_ray(ray_local, tmp_path, mlflow_server, capsys):
     """Two trials of the tiny shadow recipe (one epoch each): a sweep end to end, the shadow
     task trained on CPU with its BER dropping, and lower-is-better everywhere it selects."""
