@@ -32,8 +32,8 @@ os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
 os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 # Ray Data 2.60 reads every Parquet dataset's footers on a pool of 32 actors, started for each
 # read: 32 processes (~1.3 s of CPU each) to read the footers of the few small files a test
-# reads (a ledger, a key list). Two, in every Ray the tests start (read where the read is planned).
-os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+# reads (a ledger, a key list). One, in every Ray the tests start (read where the read is planned).
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 # Ray Train's watcher of spot preemption notices: an actor of its own in every training run,
 # for notices a test machine never gets.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(config, items):
     minutes (under ``-n 2``, the ``alone`` tests first: one process runs them while the other
     runs the fast tier, which may run beside them); the ``alone`` tests; the tests with a Ray cluster of their own (the
     shared Ray is started after them, not twice); the longest ``xdist_group`` (Train runs),
-    then the ``ray start`` head's; the other slow tests. With ``--dist loadgroup
+    then the ``ray start`` head's; the tests that run a job's driver as a process of its own
+    (``ray_address``), the longest of the rest; the other slow tests. With ``--dist loadgroup
     --no-loadscope-reorder`` (pyproject), xdist hands out work in this order: the longest
     first, the short ones to even out the end."""
     unmarked = [i.nodeid for i in items if {"ray_local", "ray_address", "ray_head"} & set(getattr(i, "fixturenames", ()))
@@ -65,7 +66,9 @@ def pytest_collection_modifyitems(config, items):
             return 1 if xdist else 0
         if "two_gpu_nodes" in getattr(item, "fixturenames", ()):
             return 2
-        return {"train": 3, "head": 4}.get(group.args[0] if group else None, 5)
+        if group:
+            return {"train": 3, "head": 4}.get(group.args[0], 5)
+        return 5 if "ray_address" in getattr(item, "fixturenames", ()) else 6  # drivers of their own: the longest
 
     items.sort(key=rank)  # stable: each part keeps its order
 
