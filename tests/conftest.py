@@ -43,14 +43,20 @@ def pytest_collection_modifyitems(config, items):
     """The fast tier (``-m "not slow"``) starts no Ray: a test that takes the ``ray_local``
     fixture must be marked slow.
 
-    The order, each part in file order: the fast tier, so that its failures show in the first
-    minutes (under ``-n 2``, the ``alone`` tests first: one process runs them while the other
-    runs the fast tier, which may run beside them); the ``alone`` tests; the tests with a Ray cluster of their own (the
-    shared Ray is started after them, not twice); the longest ``xdist_group`` (Train runs),
-    then the ``ray start`` head's; the tests that run a job's driver as a process of its own
-    (``ray_address``), the longest of the rest; the other slow tests. With ``--dist loadgroup
-    --no-loadscope-reorder`` (pyproject), xdist hands out work in this order: the longest
-    first, the short ones to even out the end."""
+    The order, each part in file order:
+
+    1. the fast tier, so that its failures show in the first minutes (under ``-n 2``, the
+       ``alone`` tests come first instead: one process runs them while the other runs the
+       fast tier, which may run beside them);
+    2. the ``alone`` tests (without ``-n``);
+    3. the tests with a Ray cluster of their own (the shared Ray starts after them, not twice);
+    4. the longest ``xdist_group`` (the Train runs), then the ``ray start`` head's;
+    5. the tests that run a job's driver as a process of its own (``ray_address``), the
+       longest of the rest;
+    6. the other slow tests.
+
+    With ``--dist loadgroup --no-loadscope-reorder`` (pyproject), xdist hands out work in this
+    order: the longest first, the short ones to even out the end."""
     unmarked = [i.nodeid for i in items if {"ray_local", "ray_address", "ray_head"} & set(getattr(i, "fixturenames", ()))
                 and not i.get_closest_marker("slow")]
     if unmarked:
