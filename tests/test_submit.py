@@ -22,8 +22,7 @@ def test_ray_job_submit_train_several_classes_and_segment_their_masks(ray_head, 
     multi-class dataset (the task and the class count from its _dataset.json), with a
     tracking server that does not answer: one warning line, the run goes on untracked; mIoU
     rises by >= 0.3; the segment job writes an indexed PNG of the classes at each image's own
-    size. (One test for what were two: each Ray Train run costs ~25 s of CPU in actor
-    start-ups on 2 cores.)"""
+    size. (One test for what were two: one Ray Train run and its actors' start-ups fewer.)"""
     import numpy as np
     import yaml
     from PIL import Image

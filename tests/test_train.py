@@ -17,8 +17,7 @@ from samadapter.checkpoints import read_metrics_lines
 
 from .conftest import RAY_WORKER_ENV
 
-# the "train" group: under -n 2, Train runs one after another in one process (side by side,
-# each ran 2-4 times slower)
+# the "train" group: under -n 2, Train runs one after another in one process, not side by side
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.xdist_group("train")]
 
 # conftest's RAY_WORKER_ENV, in every worker of the shared Ray: rank 1 of the run named "faulty"
