@@ -250,9 +250,12 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    # MLflow 3's server would also start its job runner: a process per job kind, each importing
+    # mlflow, for server-side jobs the tests never submit
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     proc = subprocess.Popen([mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                              "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--artifacts-destination", str(root / "artifacts")],
+                             "--artifacts-destination", str(root / "artifacts")], env=env,
                             stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300  # ~10 s alone; minutes beside other work on 2 busy cores
