@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import partial
 
@@ -210,6 +211,9 @@ def s3_server():
     import boto3
     from moto.server import ThreadedMotoServer
 
+    # werkzeug's line per request (moto's server is a werkzeug app), formatted and written
+    # by this process for every S3 call of the session's Ray workers and jobs
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
