@@ -316,19 +316,36 @@ def ray_address(ray_local) -> str:
     return ray_local.get_runtime_context().gcs_address
 
 
-@pytest.fixture(scope="session")
+_HEAD = {}
+
+
+@pytest.fixture
 def ray_head():
     """A `ray start --head` of the session's own (``tests/rayheads.py``: loopback, free ports,
     its own temp dir, 4 CPUs), for the tests of the CLI paths that talk to a head: `ray job
-    submit`, jobs/nightly.py, a job beside another Ray. Started by the first of them (~10 s),
-    stopped by its processes with the session."""
-    from .rayheads import start_head
+    submit`, jobs/nightly.py, a job beside another Ray. Started by the first of them (~10 s);
+    stopped by its processes after the last of a run of them (they run one after another:
+    the "head" xdist_group, and conftest's order), or with the session. An idle head is not
+    free: its dashboard, agents and GCS poll."""
+    if "head" not in _HEAD:
+        from .rayheads import start_head
 
-    head = start_head(num_cpus=4)
-    try:
-        yield head
-    finally:
+        _HEAD["head"] = start_head(num_cpus=4)
+    return _HEAD["head"]
+
+
+def _stop_head() -> None:
+    head = _HEAD.pop("head", None)
+    if head is not None:
         head.stop()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of a run of ``ray_head`` tests, the head stops (a later one
+    would start another)."""
+    if "ray_head" in getattr(item, "fixturenames", ()) and "ray_head" not in getattr(nextitem, "fixturenames", ()):
+        _stop_head()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -336,6 +353,7 @@ def _shared_ray_stops_with_the_session():
     yield
     import sys
 
+    _stop_head()
     if "ray" in sys.modules:
         own_ray_only()
 
