@@ -176,11 +176,14 @@ def test_dry_run_builds_no_model(ray_local, adapter, tmp_path):
     assert model_actors() == before  # no model actor was started (a real run's pool shows up here)
 
 
-def test_killed_driver_then_rerun(ray_address, tmp_path):
+def test_killed_driver_then_rerun(ray_address, tmp_path, capsys):
     """The driver is killed mid-run; the ledger was flushed by time (one file would hold
     every row of this small night), so what finished more than a flush (and a block) before
     the kill is recorded; the rerun redoes only what the ledger does not have, and every
-    input ends with exactly one ok row."""
+    input ends with exactly one ok row. The killed driver is a process of its own on the
+    shared Ray; the rerun is jobs/segment.py's main in this process, on the same Ray."""
+    from samadapter.jobs.segment import main as segment
+
     folder = tmp_path / "in"
     folder.mkdir()
     n = 240
@@ -192,10 +195,10 @@ def test_killed_driver_then_rerun(ray_address, tmp_path):
     out = tmp_path / "out"
     # the drivers join the shared Ray, which outlives the killed one
     env = dict(os.environ, RAY_ADDRESS=ray_address, PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", str(folder), "--output", str(out),
-           "--checkpoint", adapter, "--batch-size", "1", "--ledger-flush-seconds", "1",
-           "--lease-timeout-minutes", "0.05", "--no-progress"]  # the killed run's lease: taken over after 3 s
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = ["--input", str(folder), "--output", str(out), "--checkpoint", adapter, "--batch-size", "1",
+            "--ledger-flush-seconds", "1", "--lease-timeout-minutes", "0.05", "--no-progress"]  # lease: taken over after 3 s
+    driver = subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "segment.py"), *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ledger = out / "ledger"
     deadline = time.monotonic() + 240
     masks = out / "masks"
@@ -219,10 +222,11 @@ def test_killed_driver_then_rerun(ray_address, tmp_path):
     assert 0 < len(before) < n
     recorded = {r["output_key"] for r in before}
     assert settled and all(str(p.relative_to(out)) in recorded for p in settled)  # at most a flush (+ a block) lost
-    r = subprocess.run(cmd + ["--wait-for-lease"], env=env, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    capsys.readouterr()
+    assert segment(args + ["--wait-for-lease"]) == 0
+    printed = capsys.readouterr().out
     rows = _rows(str(out))
     ok = [r["uri"] for r in rows if r["status"] == "ok"]
     assert sorted(ok) == sorted(str(p) for p in folder.iterdir())  # every input ok exactly once
     assert len({r["run_id"] for r in rows}) == 2
-    assert f"to do tonight        {n - len(before)}" in r.stdout  # only the unrecorded work was redone
+    assert f"to do tonight        {n - len(before)}" in printed, printed  # only the unrecorded work was redone
