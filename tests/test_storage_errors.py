@@ -56,15 +56,17 @@ def _no_credentials(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_segment_without_credentials_is_one_line_and_the_storage_status(tmp_path):
-    """The input's format is probed on the driver, after the local Ray has started."""
+def test_segment_without_credentials_is_one_line_and_the_storage_status(ray_address, tmp_path):
+    """The input's format is probed on the driver, after it has joined a Ray (here the
+    shared one: ``RAY_ADDRESS``, as under ``ray job submit``)."""
     from samadapter.segment.run import STORAGE_STATUS
 
     from .conftest import tiny_adapter_and_images
 
     adapter, _ = tiny_adapter_and_images(tmp_path, 0)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "segment.py"), "--input", "s3://some-bucket/images/",
-                        "--output", str(tmp_path / "out"), "--checkpoint", adapter], env=_no_credentials(tmp_path),
+                        "--output", str(tmp_path / "out"), "--checkpoint", adapter],
+                       env=dict(_no_credentials(tmp_path), RAY_ADDRESS=ray_address),
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == STORAGE_STATUS == 4, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
