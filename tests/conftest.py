@@ -17,7 +17,8 @@ from samadapter.modeling import arch_config
 
 # Keep tests light on the 2-core machines: under pytest-xdist (-n 2) one torch thread a
 # process, as two processes with two threads each would have four on two cores.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+UNDER_XDIST = bool(os.environ.get("PYTEST_XDIST_WORKER"))  # set in each xdist worker before conftest loads
+torch.set_num_threads(1 if UNDER_XDIST else min(2, os.cpu_count() or 1))
 # Every Ray node the tests start binds to loopback (Ray otherwise picks the routable IP).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Token authentication for every Ray the tests start or join (read once per process by Ray,
@@ -63,14 +64,12 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError(f"tests that start Ray without @pytest.mark.slow: {unmarked}")
 
-    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-
     def rank(item):
         group = item.get_closest_marker("xdist_group")
         if item.get_closest_marker("alone"):
-            return 0 if xdist else 1
+            return 0 if UNDER_XDIST else 1
         if not item.get_closest_marker("slow"):
-            return 1 if xdist else 0
+            return 1 if UNDER_XDIST else 0
         if "two_gpu_nodes" in getattr(item, "fixturenames", ()):
             return 2
         if group:
@@ -86,15 +85,12 @@ def pytest_configure(config):
     without a word (pytest-xdist#1386). Say so instead."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "loadgroup":
         import xdist
+        from packaging.version import Version  # pytest's own dependency
 
-        if _version(pytest.__version__) >= (9, 2) and _version(xdist.__version__) <= (3, 8):
+        if Version(pytest.__version__).release[:2] >= (9, 2) and Version(xdist.__version__).release[:2] <= (3, 8):
             raise pytest.UsageError(f"pytest-xdist {xdist.__version__}'s --dist loadgroup does not group under pytest "
                                     f"{pytest.__version__} (pytest-xdist#1386): pip install 'pytest<9.2' (pyproject's "
                                     f"test extra), or run without -n")
-
-
-def _version(text: str) -> tuple:
-    return tuple(int(part) for part in text.split(".")[:2])
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +101,7 @@ def _alone_under_xdist(request, tmp_path_factory):
     an ``alone`` test the exclusive one; a turnstile taken first keeps the exclusive one from
     waiting for ever behind shared ones. The fast tier (one core, no Ray) takes no lock.
     Without xdist: nothing."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or request.node.get_closest_marker("slow") is None:
+    if not UNDER_XDIST or request.node.get_closest_marker("slow") is None:
         yield
         return
     import fcntl

@@ -209,19 +209,24 @@ def test_bad_arguments_are_usage_errors():
 
 
 # ------------------------------------------------------------------ on a real Ray head
-def _nightly(head, night, *args, capsys=None):
-    """jobs/nightly.py against the head: with ``capsys``, its ``main`` in this process (exit
-    status, output); without, the script in a process of its own, running (a Popen)."""
-    argv = ["--address", head.dashboard, "--night", night, "--poll-seconds", "0.5", *args]
-    if capsys is None:
-        return subprocess.Popen([sys.executable, JOB, *argv], env=head.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+def _argv(head, night, *args):
+    return ["--address", head.dashboard, "--night", night, "--poll-seconds", "0.5", *args]
+
+
+def _nightly(head, night, *args, capsys):
+    """jobs/nightly.py's ``main`` against the head, in this process: (exit status, output)."""
     from samadapter.jobs.nightly import main
 
     capsys.readouterr()
-    rc = main(argv)
+    rc = main(_argv(head, night, *args))
     captured = capsys.readouterr()
     return rc, captured.out + captured.err
+
+
+def _nightly_process(head, night, *args):
+    """jobs/nightly.py against the head, the script in a process of its own, running."""
+    return subprocess.Popen([sys.executable, JOB, *_argv(head, night, *args)], env=head.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _jobs(head, night):
@@ -256,7 +261,7 @@ def test_one_job_per_night_on_a_ray_head(ray_head, capsys):
 
     # a second invocation while tonight's job runs follows it: one job, both exit 0
     slow = ["--", "python", "-c", "import time; time.sleep(5); print('slow night done')"]
-    first = _nightly(head, "2026-01-03", *slow)
+    first = _nightly_process(head, "2026-01-03", *slow)
     deadline = time.monotonic() + 120
     while not _jobs(head, "2026-01-03") and time.monotonic() < deadline:
         time.sleep(0.5)

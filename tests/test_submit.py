@@ -63,8 +63,8 @@ def test_ray_job_submit_train_several_classes_and_segment_their_masks(ray_head, 
     (before,) = [x for x in lines if x.get("phase") == "before training"]
     validations = [x for x in lines if x.get("phase") == "validation"]
     assert max(x["miou"] for x in validations) - before["miou"] >= 0.3, (before, validations)
-    out = str(tmp_path / "masks")
-    assert segment(["--input", data, "--split", "test", "--output", out, "--checkpoint", str(run),
+    masks_out = str(tmp_path / "masks")
+    assert segment(["--input", data, "--split", "test", "--output", masks_out, "--checkpoint", str(run),
                     "--overlays", "--no-progress"]) == 0
     masks = sorted((tmp_path / "masks" / "masks").rglob("*.png"))
     assert len(masks) == 16
