@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import runpy
 
 import torch
 
-from .conftest import tiny_adapter_and_images
+from samadapter.jobs.segment import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .conftest import tiny_adapter_and_images
 
 
 def test_a_pickle_as_either_checkpoint_is_one_line_before_ray(tmp_path, capsys):
@@ -23,7 +22,6 @@ def test_a_pickle_as_either_checkpoint_is_one_line_before_ray(tmp_path, capsys):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
-    main = runpy.run_path(os.path.join(ROOT, "jobs", "segment.py"))["main"]
     for flag, value in (("--sam-checkpoint", str(tmp_path / "evil.pth")), ("--checkpoint", str(tmp_path / "evil.pth"))):
         args = ["--input", str(folder), "--output", str(tmp_path / "out"), "--checkpoint", adapter, flag, value]
         assert main(args) == 2

@@ -10,6 +10,7 @@ import os
 import pytest
 import yaml
 
+from samadapter.jobs.preflight import main
 from samadapter.preflight import run_preflight
 from samadapter.segment import resources
 
@@ -18,7 +19,6 @@ VM = os.path.join(ROOT, "ray_cluster.yaml")
 KUBE = os.path.join(ROOT, "cluster", "raycluster.yaml")
 CRONTAB = os.path.join(ROOT, "cluster", "nightly.crontab")
 CRONJOB = os.path.join(ROOT, "cluster", "cronjob-segment.yaml")
-JOB = os.path.join(ROOT, "jobs", "preflight.py")
 
 
 @pytest.mark.parametrize("path,infer,train", [(VM, "gpu.infer", "gpu.train"), (KUBE, "gpu-infer", "gpu-train")])
@@ -52,19 +52,13 @@ def test_a_nightly_without_its_accelerator_type_fails_preflight(tmp_path, path, 
     report = run_preflight(path, schedule=bare)
     assert train in report["jobs"]["nightly"]["node_types"]
     assert any(e.startswith("nightly would launch") and "training's node type" in e for e in report["errors"])
-    assert _main()(["--cluster", path, "--schedule", bare]) == 1
+    assert main(["--cluster", path, "--schedule", bare]) == 1
 
 
-def _main():
-    """jobs/preflight.py's main, in this process."""
-    import runpy
-
-    return runpy.run_path(JOB)["main"]
 
 
 def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "preflight.json"
-    main = _main()
     assert main(["--cluster", VM, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| nightly | A10G |" in printed and "8 x gpu.infer (g5.2xlarge, spot)" in printed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import tarfile
@@ -16,6 +15,8 @@ from samadapter import build_model
 from samadapter import storage
 from samadapter.data.prepare import prepare_dataset
 from samadapter.data.sources import synthetic_listing
+from samadapter.jobs.evaluate import main as evaluate_main
+from samadapter.jobs.segment import main as segment_main
 from samadapter.segment.layout import output_key
 from samadapter.segment.ledger import read_ledger_table
 from samadapter.checkpoints import resolve_adapter
@@ -26,12 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 
 
-def _job(name):
-    return importlib.import_module(f"jobs.{name}")
-
-
-SEGMENT = _job("segment")
-EVALUATE = _job("evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +87,7 @@ def _ledger_rows(output):
 
 
 def _run(*args):
-    return SEGMENT.main(list(args) + ["--no-progress"])
+    return segment_main(list(args) + ["--no-progress"])
 
 
 def test_mixed_bucket_on_s3(s3_server, ray_local, adapter):
@@ -239,9 +234,9 @@ def test_parquet_input_and_evaluation(ray_local, adapter, tmp_path):
 
     # evaluate the predictions written by the segment job, and the checkpoint directly
     report = str(tmp_path / "report")
-    assert EVALUATE.main(["--dataset", data, "--split", "test", "--predictions", out, "--output", report]) == 0
+    assert evaluate_main(["--dataset", data, "--split", "test", "--predictions", out, "--output", report]) == 0
     assert all(os.path.exists(os.path.join(report, f)) for f in ("metrics.json", "metrics.md", "examples.png"))
-    assert EVALUATE.main(["--dataset", data, "--split", "test", "--checkpoint", adapter, "--output", str(tmp_path / "r2")]) == 0
+    assert evaluate_main(["--dataset", data, "--split", "test", "--checkpoint", adapter, "--output", str(tmp_path / "r2")]) == 0
 
 
 def test_evaluate_perfect_and_empty_predictions(tmp_path):
@@ -282,7 +277,7 @@ def test_no_argument_run_uses_the_embedded_default(ray_local, tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert SEGMENT.main(["--no-progress"]) == 2  # nothing trained yet: says what to do
+    assert segment_main(["--no-progress"]) == 2  # nothing trained yet: says what to do
     assert "python jobs/train.py" in capsys.readouterr().err
 
     prepare_dataset(synthetic_listing(0, 5, size=256, seed=0), DataConfig().dataset_uri(), progress=False)
@@ -290,7 +285,7 @@ def test_no_argument_run_uses_the_embedded_default(ray_local, tmp_path, monkeypa
     ckpt.mkdir(parents=True)
     build_model("tiny").save_adapter(str(ckpt / "adapter.safetensors"))
     (ckpt / "metrics.json").write_text('{"s_measure": 0.5}')
-    assert SEGMENT.main(["--no-progress"]) == 0
+    assert segment_main(["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "overlays:" in out and "masks:" in out
     overlays = tmp_path / "outputs" / "segment-local-tiny" / "overlays"

@@ -191,7 +191,7 @@ def test_killed_driver_then_rerun(ray_address, tmp_path, capsys):
         (folder / f"{i:03d}.png").write_bytes(_png(i, (48, 64)))
     torch.manual_seed(0)
     adapter = str(tmp_path / "adapter512.safetensors")
-    build_model("tiny", img_size=512).save_adapter(adapter)  # slow enough to be killed mid-run (~20 inputs/s)
+    build_model("tiny", img_size=512).save_adapter(adapter)  # 512 px: slow enough to be killed mid-run
     out = tmp_path / "out"
     # the drivers join the shared Ray, which outlives the killed one
     env = dict(os.environ, RAY_ADDRESS=ray_address, PYTHONPATH=ROOT)

@@ -107,16 +107,15 @@ def test_a_second_run_of_an_output_stops_or_waits(ray_local, tmp_path, capsys):
     """Another run holds the output (a cron run and a hand run): one line naming it, status
     3, nothing written; with --wait-for-lease the second run waits, then does only what the
     first did not."""
-    import runpy
     import threading
 
+    from samadapter.jobs.segment import main
     from samadapter.segment.lease import Lease
 
     adapter, folder = tiny_adapter_and_images(tmp_path, 6, seed=10)
     out = str(tmp_path / "out")
     holder = Lease(out, "20261202-020000-cron01", timeout_s=600)
     holder.acquire()
-    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "jobs", "segment.py"))["main"]
     args = ["--input", str(folder), "--output", out, "--checkpoint", adapter, "--no-progress"]
     assert main(args) == 3
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -268,14 +267,13 @@ def test_compaction_loses_and_doubles_nothing_wherever_it_crashes(ray_local, tmp
 
 
 def test_compact_ledger_command(ray_local, tmp_path, capsys):
-    import runpy
+    from samadapter.jobs.segment import main
 
     adapter, folder = tiny_adapter_and_images(tmp_path, 6, seed=12)
     out = str(tmp_path / "out")
     run_segmentation(SegmentConfig(input=str(folder), output=out, checkpoint=adapter, ledger_rows_per_file=2),
                      progress=False)
     before = _ledger_multiset(out)
-    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "jobs", "segment.py"))["main"]
     assert main(["--compact-ledger", "--output", out]) == 0
     assert "3 ledger files compacted" in capsys.readouterr().out
     assert _ledger_multiset(out) == before

@@ -3,20 +3,16 @@ segment job's own storage status), not a traceback; a missing input is a usage e
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 
 import pytest
 
+from samadapter.jobs.segment import main as segment_main
 from samadapter.storage import explain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _job(name):
-    return importlib.import_module(f"jobs.{name}")
 
 
 def test_explain_names_the_problem_and_the_fix():
@@ -91,7 +87,7 @@ def test_segment_on_a_missing_bucket_is_one_line_and_status_2(s3_server, ray_loc
     from .conftest import tiny_adapter_and_images
 
     adapter, _ = tiny_adapter_and_images(tmp_path, 1)
-    code = _job("segment").main(["--input", "s3://no-such-bucket/images/", "--output", str(tmp_path / "out"),
+    code = segment_main(["--input", "s3://no-such-bucket/images/", "--output", str(tmp_path / "out"),
                                  "--checkpoint", adapter, "--no-progress"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
